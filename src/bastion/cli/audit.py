@@ -1,1 +1,3 @@
-"""(placeholder, filled in by its issue)"""
+"""`bastion audit` (being written)."""
+def audit() -> None:
+    """Audit a model."""

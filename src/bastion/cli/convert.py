@@ -1,1 +1,3 @@
-"""(placeholder, filled in by its issue)"""
+"""`bastion convert` (being written)."""
+def convert() -> None:
+    """Convert a pickle checkpoint to safetensors."""

@@ -1,1 +1,3 @@
-"""(placeholder, filled in by its issue)"""
+"""`bastion manifest` (being written)."""
+def manifest() -> None:
+    """Record or check dataset digests."""

@@ -1,1 +1,3 @@
-"""(placeholder, filled in by its issue)"""
+"""`bastion scan` (being written)."""
+def scan() -> None:
+    """Scan model files for code before loading them."""
