@@ -131,8 +131,7 @@ _SAFE_PAIRS: frozenset[tuple[str, str]] = frozenset(
         ("numpy.ma.core", "MaskedArray"),
         # joblib's array wrappers (the array bytes follow the wrapper in the stream)
         ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-        ("joblib.numpy_pickle_compat", "NDArrayWrapper"),
-        ("joblib.numpy_pickle_compat", "ZNDArrayWrapper"),
+        # (not joblib.numpy_pickle_compat.*: those wrappers np.load(allow_pickle=True) side files)
     ]
 )
 
