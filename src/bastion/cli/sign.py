@@ -1,7 +1,99 @@
-"""`bastion keygen/sign/verify` (being written)."""
-def keygen() -> None:
-    """Write a signing key pair."""
-def sign() -> None:
-    """Sign a model file or directory."""
-def verify() -> None:
-    """Verify a model's signature."""
+"""`bastion keygen`, `bastion sign`, `bastion verify`: OpenSSF Model Signing with EC keys.
+
+Each command maps its options onto :mod:`bastion.artifacts.keys`, :mod:`~bastion.artifacts.sign`
+and :mod:`~bastion.artifacts.verify`; errors propagate to ``bastion.cli.main.main``, which turns
+them into exit codes (0 verified, 1 refused, 2 usage error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from bastion.artifacts.keys import generate_keypair
+from bastion.artifacts.sign import default_signature_path
+from bastion.artifacts.sign import sign as sign_model
+from bastion.artifacts.verify import verify as verify_model
+
+_out = Console(highlight=False)
+
+
+def keygen(
+    private_key: Path = typer.Argument(
+        ..., metavar="PRIVATE.pem", help="Where to write the private key (mode 0600)."
+    ),
+    public_key: Path | None = typer.Option(
+        None,
+        "--public",
+        metavar="PUBLIC.pem",
+        help="Where to write the public key (mode 0644). Default: PRIVATE's stem + .pub.pem.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing key files."),
+) -> None:
+    """Write a P-256 signing key pair for `bastion sign` / `model_signing`.
+
+    Example: bastion keygen keys/signing.pem   (writes keys/signing.pem and keys/signing.pub.pem)
+    """
+    pair = generate_keypair(private_key, public_key, overwrite=force)
+    _out.print(f"private key: {pair.private_key} (keep secret)")
+    _out.print(f"public key:  {pair.public_key} (share with verifiers)")
+
+
+def sign(
+    path: Path = typer.Argument(..., metavar="PATH", help="Model file or directory to sign."),
+    key: Path = typer.Option(
+        ..., "--key", "-k", metavar="PRIVATE.pem", help="EC private key (from `bastion keygen`)."
+    ),
+    signature: Path | None = typer.Option(
+        None,
+        "--signature",
+        "-s",
+        metavar="OUT",
+        help="Signature file to write. Default: FILE.sig beside a file, DIR/model.sig in a "
+        "directory.",
+    ),
+) -> None:
+    """Sign a model file or directory (OpenSSF Model Signing format).
+
+    Example: bastion sign model/ --key keys/signing.pem   (writes model/model.sig)
+    """
+    out = sign_model(path, key, signature=signature)
+    _out.print(f"signed {path} -> {out}")
+
+
+def verify(
+    path: Path = typer.Argument(..., metavar="PATH", help="Model file or directory to verify."),
+    key: Path = typer.Option(
+        ...,
+        "--key",
+        "-k",
+        metavar="PUBLIC.pem|KEYDIR",
+        help="Trusted public key, or a directory of trusted public keys (*.pem, *.pub); any "
+        "one of them may have signed.",
+    ),
+    signature: Path | None = typer.Option(
+        None,
+        "--signature",
+        "-s",
+        metavar="SIG",
+        help="Signature file. Default: FILE.sig beside a file, DIR/model.sig in a directory.",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print the verification result as JSON."
+    ),
+) -> None:
+    """Verify a model against its signature; exit 0 verified, 1 refused, 2 usage error.
+
+    Example: bastion verify model/ --key trusted-keys/
+    """
+    sig = default_signature_path(path) if signature is None else signature
+    result = verify_model(path, signature=sig, public_keys=key)
+    if json_output:
+        typer.echo(result.to_json())
+        return
+    _out.print(
+        f"verified {result.path}: {len(result.files)} file(s) match {result.signature}, "
+        f"signed by {result.key}"
+    )
