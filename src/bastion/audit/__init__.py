@@ -1,0 +1,13 @@
+"""The audit: one report on whether a model is safe to ship, built from every pillar."""
+
+from bastion.audit.model_file import CheckStatus, ModelFileAudit, ModelFileSection
+from bastion.audit.runner import AuditReport, prepare_demo, run_audit
+
+__all__ = [
+    "AuditReport",
+    "CheckStatus",
+    "ModelFileAudit",
+    "ModelFileSection",
+    "prepare_demo",
+    "run_audit",
+]

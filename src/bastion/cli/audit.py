@@ -1,3 +1,52 @@
-"""`bastion audit` (being written)."""
-def audit() -> None:
-    """Audit a model."""
+"""``bastion audit``: the one-command answer to "is this model safe to ship?"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
+
+
+def audit(
+    model: Path | None = typer.Option(
+        None, "--model", help="Model file to audit (default: the bundled demo, end to end)."
+    ),
+    signature: Path | None = typer.Option(None, "--signature", help="OMS signature of --model."),
+    key: Path | None = typer.Option(
+        None, "--key", help="Trusted public key (PEM) or a directory of them."
+    ),
+    sha256: str | None = typer.Option(None, "--sha256", help="Expected SHA-256 of --model."),
+    out: Path = typer.Option(Path("audit"), "--out", help="Directory for report.json/.html."),
+    allow: list[str] | None = ALLOW_OPTION,
+    policy: Path | None = POLICY_OPTION,
+) -> None:
+    """Audit a model file (or the bundled demo) and write report.json and report.html.
+
+    Exit code 0 when nothing failed (warnings allowed), 1 when a check failed.
+    """
+    from bastion.audit import run_audit
+    from bastion.report import write_report
+
+    report = run_audit(
+        model,
+        signature=signature,
+        public_keys=key,
+        sha256=sha256,
+        policy=build_policy(allow, policy),
+        workdir=out,
+    )
+    json_path, html_path = write_report(report, out)
+    for section in report.sections:
+        console.print(f"[bold]{section.title}[/]: {section.status.value}", highlight=False)
+        for file in section.files:
+            console.print(f"  {file.path} [{file.format}] verdict {file.verdict}", highlight=False)
+            for check in file.checks:
+                console.print(
+                    f"    {check.name:<10} {check.status.value:<7} {check.detail}", highlight=False
+                )
+    console.print(f"overall: [bold]{report.status.value}[/]; wrote {json_path} and {html_path}",
+                  highlight=False)
+    if report.status.value == "fail":
+        raise typer.Exit(1)

@@ -1,0 +1,154 @@
+"""``bastion audit``: one report on whether a model is safe to ship.
+
+With no model given it audits the bundled demo end to end: the demo CNN is trained (or reused
+from the cache), saved both as a pickle checkpoint and as safetensors, each file is signed with
+a fresh key pair and verified, scanned and loaded back safely. Later capabilities (robustness,
+backdoors, runtime guard) add their own sections to the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bastion._version import __version__
+from bastion.artifacts.scan.policy import DEFAULT_POLICY, Policy
+from bastion.audit.model_file import CheckStatus, ModelFileSection, audit_model_file
+from bastion.core.errors import ConfigurationError
+from bastion.core.results import Result
+
+__all__ = ["AuditReport", "prepare_demo", "run_audit"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditReport(Result):
+    """The whole audit: what was audited, when, by which version, and one entry per section."""
+
+    subject: str
+    created: str
+    bastion_version: str
+    sections: tuple[ModelFileSection, ...]
+    model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def status(self) -> CheckStatus:
+        return CheckStatus.worst([s.status for s in self.sections])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["status"] = self.status.value
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoArtifacts:
+    """The files ``prepare_demo`` wrote."""
+
+    files: tuple[Path, ...]
+    signatures: tuple[Path, ...]
+    public_key: Path
+    info: dict[str, Any]
+
+
+def prepare_demo(workdir: Path, *, cache_dir: Path | None = None) -> DemoArtifacts:
+    """Train or reuse the demo CNN; save it as ``model.pt`` and ``model.safetensors``; sign both."""
+    import torch
+    from safetensors.torch import save
+
+    from bastion.artifacts.keys import generate_keypair
+    from bastion.artifacts.sign import sign
+    from bastion.core.atomic import atomic_open, atomic_write_bytes
+    from bastion.zoo import demo_info, demo_model
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = demo_model(cache_dir=cache_dir)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    pickle_path = workdir / "model.pt"
+    with atomic_open(pickle_path) as handle:
+        torch.save(state, handle)
+    tensors_path = workdir / "model.safetensors"
+    atomic_write_bytes(tensors_path, save(state, metadata={"source": "bastion demo"}))
+    keys = generate_keypair(workdir / "keys" / "demo.pem", overwrite=True)
+    signatures = tuple(
+        sign(path, keys.private_key, signature=path.with_name(path.name + ".sig"))
+        for path in (pickle_path, tensors_path)
+    )
+    return DemoArtifacts(
+        files=(pickle_path, tensors_path),
+        signatures=signatures,
+        public_key=keys.public_key,
+        info=dict(demo_info(cache_dir=cache_dir)),
+    )
+
+
+def run_audit(
+    model: str | Path | None = None,
+    *,
+    signature: str | Path | None = None,
+    public_keys: str | Path | Sequence[str | Path] | None = None,
+    sha256: str | None = None,
+    policy: Policy | None = None,
+    workdir: str | Path = "audit",
+    cache_dir: Path | None = None,
+) -> AuditReport:
+    """Audit ``model`` (a file), or the bundled demo when ``model`` is None.
+
+    Args:
+        model: the model file to audit; ``None`` for the demo.
+        signature: its OMS signature (with ``public_keys``); unsigned files get a warning.
+        public_keys: trusted public key file(s) or a directory of them.
+        sha256: expected digest, from a source you trust.
+        policy: import allowlist for the scan and the trial load.
+        workdir: where the demo's files are written (the report goes beside them).
+        cache_dir: where the demo model's weights are cached.
+    """
+    policy = policy or DEFAULT_POLICY
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if model is None:
+        if signature is not None or public_keys is not None or sha256 is not None:
+            raise ConfigurationError("--signature, --key and --sha256 need --model")
+        demo = prepare_demo(Path(workdir) / "demo", cache_dir=cache_dir)
+        files = tuple(
+            audit_model_file(path, policy=policy, signature=sig, public_keys=demo.public_key)
+            for path, sig in zip(demo.files, demo.signatures)
+        )
+        subject, info = "bundled demo (DemoCNN on MNIST 5k)", demo.info
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise ConfigurationError(f"--model {path}: no such file")
+        files = (
+            audit_model_file(path, policy=policy, signature=signature,
+                             public_keys=public_keys, sha256=sha256),
+        )
+        subject, info = str(path), {}
+    section = ModelFileSection(files=files, advice=tuple(_advice(files)))
+    return AuditReport(
+        subject=subject,
+        created=created,
+        bastion_version=__version__,
+        sections=(section,),
+        model_info=info,
+    )
+
+
+def _advice(files: Sequence[Any]) -> list[str]:
+    advice: list[str] = []
+    if any(f.format not in {"safetensors"} for f in files):
+        advice.append(
+            "Ship safetensors: it holds no code, so loading it needs no unpickler at all "
+            "(`bastion convert model.pt model.safetensors`)."
+        )
+    if any(c.name == "signature" and c.status is CheckStatus.WARN for f in files for c in f.checks):
+        advice.append("Sign release files (`bastion sign`) and verify them before every load.")
+    if any(f.verdict == "unknown" for f in files):
+        advice.append(
+            "Unknown imports: if the classes are yours, allow them with --allow MODULE.NAME; "
+            "otherwise convert with `bastion convert --isolated`."
+        )
+    if any(f.verdict == "unsafe" for f in files):
+        advice.append("Do not load this file: it can run code. Obtain the model from its source.")
+    return advice
