@@ -36,8 +36,15 @@ def test_roundtrip_records_sorted_posix_paths_and_excludes_itself(data: Path) ->
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["algorithm"] == "sha256"
     assert doc["root"] == str(data.resolve()) and doc["created"].endswith("Z")
-    assert [f["path"] for f in doc["files"]] == [".hidden", "labels.txt", "train/a.bin", "train/b.csv"]
-    assert doc["files"][2]["size"] == 3 << 20 and doc["total_bytes"] == sum(f.size for f in made.files)
+    assert [f["path"] for f in doc["files"]] == [
+        ".hidden",
+        "labels.txt",
+        "train/a.bin",
+        "train/b.csv",
+    ]
+    assert doc["files"][2]["size"] == 3 << 20 and doc["total_bytes"] == sum(
+        f.size for f in made.files
+    )
     assert load_manifest(out).files == made.files
     result = verify_manifest(out)
     assert result.ok and result.checked == 4
@@ -58,8 +65,11 @@ def test_each_mismatch_kind_is_reported(data: Path, tmp_path: Path) -> None:
     assert result.changed == ("labels.txt", "train/a.bin")
     assert result.missing == ("train/b.csv",)
     assert result.added == ("new.txt",)
-    with pytest.raises(IntegrityError, match=r"changed: labels\.txt, train/a\.bin; "
-                       r"missing: train/b\.csv; added: new\.txt"):
+    with pytest.raises(
+        IntegrityError,
+        match=r"changed: labels\.txt, train/a\.bin; "
+        r"missing: train/b\.csv; added: new\.txt",
+    ):
         verify_manifest(out)
 
 

@@ -49,7 +49,9 @@ def test_keygen_sign_verify_roundtrip(tmp_path: Path, model: Path) -> None:
     done = runner.invoke(app, ["sign", str(model), "--key", str(key)])
     assert done.exit_code == 0, done.output
     assert (model / "model.sig").is_file()
-    done = runner.invoke(app, ["verify", str(model), "--key", str(tmp_path / "k.pub.pem"), "--json"])
+    done = runner.invoke(
+        app, ["verify", str(model), "--key", str(tmp_path / "k.pub.pem"), "--json"]
+    )
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     assert sorted(result["files"]) == ["config.json", "weights.bin"]
@@ -71,7 +73,9 @@ def test_cli_errors_are_bastion_errors(tmp_path: Path, model: Path) -> None:
     assert "weights.bin" in str(done.exception)
     other = tmp_path / "other.pem"
     assert runner.invoke(app, ["keygen", str(other)]).exit_code == 0
-    done = runner.invoke(app, ["verify", str(model), "-k", str(tmp_path / "other.pub.pem"), "-s", str(sig)])
+    done = runner.invoke(
+        app, ["verify", str(model), "-k", str(tmp_path / "other.pub.pem"), "-s", str(sig)]
+    )
     assert isinstance(done.exception, SignatureError)
     assert runner.invoke(app, ["sign", str(model)]).exit_code == 2  # --key is required
 

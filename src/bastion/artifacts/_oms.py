@@ -53,10 +53,12 @@ def sign_to_bytes(model: Path, private_key: Path, ignore: Iterable[str]) -> byte
     to the model directory (the signature file when it lies inside the model).
     """
     config = (
-        signing.Config()
+        signing.Config()  # type: ignore[no-untyped-call]
         .use_elliptic_key_signer(private_key=private_key)
         .set_hashing_config(
-            hashing.Config().set_ignored_paths(paths=list(ignore), ignore_git_paths=True)
+            hashing.Config().set_ignored_paths(  # type: ignore[no-untyped-call]
+                paths=list(ignore), ignore_git_paths=True
+            )
         )
     )
     with tempfile.TemporaryDirectory(prefix="bastion-sign-") as tmp:
@@ -130,7 +132,7 @@ def hash_model(model: Path, settings: Mapping[str, Any], ignore: Iterable[str]) 
         algorithm = settings["hash_type"]
         symlinks = bool(settings["allow_symlinks"])
         ignored = [*map(str, settings.get("ignore_paths", ())), *ignore]
-        config = hashing.Config()
+        config = hashing.Config()  # type: ignore[no-untyped-call]
         if method == "files":
             config.use_file_serialization(hashing_algorithm=algorithm, allow_symlinks=symlinks)
         elif method == "shards":

@@ -236,4 +236,3 @@ def _check_curve(path: Path, curve: str) -> None:
             f"{path}: curve {curve} is not supported by OpenSSF Model Signing "
             f"(use one of {', '.join(sorted(SUPPORTED_CURVES))}; bastion keygen makes secp256r1)"
         )
-

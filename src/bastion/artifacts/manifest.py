@@ -183,7 +183,9 @@ def load_manifest(path: str | Path) -> DatasetManifest:
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"{file}: corrupt manifest, not valid JSON ({exc})", path=file) from None
+        raise IntegrityError(
+            f"{file}: corrupt manifest, not valid JSON ({exc})", path=file
+        ) from None
     try:
         return _parse(doc)
     except (KeyError, TypeError, ValueError) as exc:

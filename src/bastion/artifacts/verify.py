@@ -127,7 +127,8 @@ def read_signed_digests(
         >>> d = tempfile.mkdtemp()
         >>> keys = generate_keypair(os.path.join(d, "k.pem"))
         >>> _ = open(os.path.join(d, "w.bin"), "wb").write(b"weights")
-        >>> m = read_signed_digests(sign(os.path.join(d, "w.bin"), keys.private_key), keys.public_key)
+        >>> sig = sign(os.path.join(d, "w.bin"), keys.private_key)
+        >>> m = read_signed_digests(sig, keys.public_key)
         >>> m.digests["."] == hashlib.sha256(b"weights").hexdigest()
         True
     """
@@ -235,7 +236,8 @@ def verify(
         >>> keys = generate_keypair(os.path.join(d, "k.pem"))
         >>> model = os.path.join(d, "w.bin")
         >>> _ = open(model, "wb").write(b"weights")
-        >>> verify(model, signature=sign(model, keys.private_key), public_keys=keys.public_key).key.name
+        >>> sig = sign(model, keys.private_key)
+        >>> verify(model, signature=sig, public_keys=keys.public_key).key.name
         'k.pub.pem'
     """
     model = Path(path)

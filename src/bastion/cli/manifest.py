@@ -7,6 +7,7 @@ named), 2 usage error (through ``bastion.cli.main.main``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,21 +19,27 @@ _out = Console(highlight=False)
 
 
 def manifest(
-    directory: Path | None = typer.Argument(
-        None, metavar="DIR", help="Dataset directory to record (with -o)."
-    ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", metavar="FILE", help="Where to write the JSON manifest."
-    ),
-    check: Path | None = typer.Option(
-        None, "--check", metavar="FILE", help="Check a directory against this manifest instead."
-    ),
-    root: Path | None = typer.Option(
-        None,
-        "--root",
-        metavar="DIR",
-        help="With --check: the directory to check (default: the root recorded in FILE).",
-    ),
+    directory: Annotated[
+        Path | None, typer.Argument(metavar="DIR", help="Dataset directory to record (with -o).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Where to write the JSON manifest."),
+    ] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check", metavar="FILE", help="Check a directory against this manifest instead."
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root",
+            metavar="DIR",
+            help="With --check: the directory to check (default: the root recorded in FILE).",
+        ),
+    ] = None,
 ) -> None:
     """Record or check dataset digests (symlinks and special files are refused).
 

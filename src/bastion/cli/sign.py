@@ -8,6 +8,7 @@ them into exit codes (0 verified, 1 refused, 2 usage error).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,20 +20,24 @@ from bastion.artifacts.verify import verify as verify_model
 
 _out = Console(highlight=False)
 
+_SIGNATURE_HELP = "Default: FILE.sig beside a file, DIR/model.sig inside a directory."
+
 
 def keygen(
-    private_key: Path = typer.Argument(
-        ..., metavar="PRIVATE.pem", help="Where to write the private key (mode 0600)."
-    ),
-    public_key: Path | None = typer.Option(
-        None,
-        "--public",
-        metavar="PUBLIC.pem",
-        help="Where to write the public key (mode 0644). Default: PRIVATE's stem + .pub.pem.",
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing key files."),
+    private_key: Annotated[
+        Path, typer.Argument(metavar="PRIVATE.pem", help="Where to write the private key (0600).")
+    ],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public",
+            metavar="PUBLIC.pem",
+            help="Where to write the public key (0644). Default: PRIVATE's stem + .pub.pem.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing key files.")] = False,
 ) -> None:
-    """Write a P-256 signing key pair for `bastion sign` / `model_signing`.
+    """Write a P-256 signing key pair for `bastion sign` and `model_signing`.
 
     Example: bastion keygen keys/signing.pem   (writes keys/signing.pem and keys/signing.pub.pem)
     """
@@ -42,18 +47,19 @@ def keygen(
 
 
 def sign(
-    path: Path = typer.Argument(..., metavar="PATH", help="Model file or directory to sign."),
-    key: Path = typer.Option(
-        ..., "--key", "-k", metavar="PRIVATE.pem", help="EC private key (from `bastion keygen`)."
-    ),
-    signature: Path | None = typer.Option(
-        None,
-        "--signature",
-        "-s",
-        metavar="OUT",
-        help="Signature file to write. Default: FILE.sig beside a file, DIR/model.sig in a "
-        "directory.",
-    ),
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Model file or directory to sign.")],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key", "-k", metavar="PRIVATE.pem", help="EC private key (from `bastion keygen`)."
+        ),
+    ],
+    signature: Annotated[
+        Path | None,
+        typer.Option(
+            "--signature", "-s", metavar="OUT", help=f"Signature file to write. {_SIGNATURE_HELP}"
+        ),
+    ] = None,
 ) -> None:
     """Sign a model file or directory (OpenSSF Model Signing format).
 
@@ -64,27 +70,28 @@ def sign(
 
 
 def verify(
-    path: Path = typer.Argument(..., metavar="PATH", help="Model file or directory to verify."),
-    key: Path = typer.Option(
-        ...,
-        "--key",
-        "-k",
-        metavar="PUBLIC.pem|KEYDIR",
-        help="Trusted public key, or a directory of trusted public keys (*.pem, *.pub); any "
-        "one of them may have signed.",
-    ),
-    signature: Path | None = typer.Option(
-        None,
-        "--signature",
-        "-s",
-        metavar="SIG",
-        help="Signature file. Default: FILE.sig beside a file, DIR/model.sig in a directory.",
-    ),
-    json_output: bool = typer.Option(
-        False, "--json", help="Print the verification result as JSON."
-    ),
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Model file or directory to verify.")
+    ],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            "-k",
+            metavar="PUBLIC.pem|KEYDIR",
+            help="Trusted public key, or a directory of trusted public keys (*.pem, *.pub); "
+            "any one of them may have signed.",
+        ),
+    ],
+    signature: Annotated[
+        Path | None,
+        typer.Option("--signature", "-s", metavar="SIG", help=f"Signature file. {_SIGNATURE_HELP}"),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the verification result as JSON.")
+    ] = False,
 ) -> None:
-    """Verify a model against its signature; exit 0 verified, 1 refused, 2 usage error.
+    """Verify a model against its signature: exit 0 verified, 1 refused, 2 usage error.
 
     Example: bastion verify model/ --key trusted-keys/
     """
