@@ -182,7 +182,16 @@ def _is_dangerous(module: str, name: str) -> bool:
     parts = dotted.split(".")
     if any(p.startswith("__") and p.endswith("__") for p in name.split(".")):
         return True  # attribute traversal: __globals__, __builtins__, __class__, ...
-    return any(".".join(parts[:i]) in _DANGEROUS_MODULES for i in range(1, len(parts) + 1))
+    if any(".".join(parts[:i]) in _DANGEROUS_MODULES for i in range(1, len(parts) + 1)):
+        return True
+    # Dotted names walk attributes (protocol 4+): ``logging`` + ``os.system`` reaches os.system
+    # through the module logging imported. Judge every module path the walk passes through.
+    steps = name.split(".")
+    return any(
+        ".".join(steps[i:j]) in _DANGEROUS_MODULES
+        for i in range(len(steps) - 1)
+        for j in range(i + 1, len(steps) + 1)
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,410 @@
+"""The pickle walker: resolves every import a pickle makes without unpickling anything.
+
+Opcodes come from :func:`pickletools.genops`; a small symbolic machine replays the stack, the
+MARK frames and the memo, so that module and name strings built on the stack or fetched back
+from the memo are resolved the same way the unpickler would resolve them. Values are kept as
+plain Python constants (str, int, bytes, tuples, lists), :class:`Global` for imports and
+:class:`Call` for the results of ``REDUCE``/``NEWOBJ``/``OBJ``/``INST``; nothing is imported or
+called. Every step is bounded by :class:`~bastion.artifacts.scan.limits.ScanLimits`.
+
+Container framings that write raw bytes *inside* a pickle stream (joblib's arrays) are handled
+by a hook called after each ``BUILD`` that may move the read position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickletools
+from collections.abc import Callable
+from typing import Any
+
+from bastion.artifacts.scan.context import ScanContext
+from bastion.artifacts.scan.findings import Severity
+from bastion.artifacts.scan.policy import ImportClass
+
+__all__ = ["Call", "Global", "PickleWalk", "Reader", "walk_pickle"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Global:
+    """An imported global, resolved to constant strings."""
+
+    module: str
+    name: str
+
+
+class Call:
+    """The result of calling ``func`` (a REDUCE, NEWOBJ, OBJ or INST); ``state`` is its BUILD."""
+
+    __slots__ = ("args", "func", "state")
+
+    def __init__(self, func: Any, args: Any) -> None:
+        self.func = func
+        self.args = args
+        self.state: Any = None
+
+
+class _Opaque:
+    """A value the walker cannot know (an unresolved import, a persistent id, a buffer)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class DictValue(list[tuple[Any, Any]]):
+    """A pickled dict as a list of pairs (keys may be unhashable symbolic values)."""
+
+    def get(self, key: Any) -> Any:
+        """The value of the first pair whose key equals ``key`` (constants only)."""
+        for k, v in self:
+            if type(k) is type(key) and k == key:
+                return v
+        return None
+
+
+class Reader:
+    """A file-like view over bytes for :func:`pickletools.genops`: no copy of the whole buffer,
+    and a ``pos`` the walker may move (to skip raw array bytes written inside the stream)."""
+
+    __slots__ = ("buf", "end", "frame_end", "pos")
+
+    def __init__(self, buf: memoryview, start: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.pos = start
+        self.frame_end = start  # end of the current protocol-4 FRAME
+        self.end = len(buf) if end is None else end
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n < 0 else min(self.end, self.pos + n)
+        out = bytes(self.buf[self.pos : stop])
+        self.pos = max(self.pos, stop)
+        return out
+
+    def readline(self) -> bytes:
+        # Lines in pickles are short (numbers, names): look close first, then up to 64 KiB.
+        for span in (256, 65536):
+            window = bytes(self.buf[self.pos : min(self.end, self.pos + span)])
+            cut = window.find(b"\n")
+            if cut >= 0:
+                break
+        line = window if cut < 0 else window[: cut + 1]
+        self.pos += len(line)
+        return line
+
+    def tell(self) -> int:
+        return self.pos
+
+
+@dataclasses.dataclass
+class PickleWalk:
+    """What one stream walk learned.
+
+    Attributes:
+        end: offset just past ``STOP``, or None when the stream did not parse to the end.
+        top: the symbolic value the stream returns (None if unknown).
+        risky: the stream reached an import, a call or a persistent id before ending or failing.
+        persistent_ids: every persistent id, in order (torch storages).
+        error: why the walk stopped early, if it did.
+    """
+
+    end: int | None = None
+    top: Any = None
+    risky: bool = False
+    persistent_ids: list[Any] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+#: Called after BUILD as ``hook(obj, reader, walk_location) -> None``; may move ``reader.pos``.
+BuildHook = Callable[[Call, Reader, str], None]
+
+_CONST_OPS = frozenset({
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+    "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES",
+    "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "FLOAT", "BINFLOAT",
+})
+_FIXED = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_SEVERITY = {ImportClass.SAFE: Severity.INFO, ImportClass.UNKNOWN: Severity.WARNING,
+             ImportClass.DANGEROUS: Severity.CRITICAL}
+_KIND = {ImportClass.SAFE: "allowed-import", ImportClass.UNKNOWN: "unknown-import",
+         ImportClass.DANGEROUS: "dangerous-import"}
+
+
+class _LimitError(Exception):
+    pass
+
+
+class _Machine:
+    """The symbolic stack machine for one stream."""
+
+    def __init__(self, ctx: ScanContext, location: str, hook: BuildHook | None) -> None:
+        self.ctx = ctx
+        self.loc = location
+        self.hook = hook
+        self.stack: list[Any] = []
+        self.marks: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.walk = PickleWalk()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _at(self, pos: int) -> str:
+        return f"{self.loc}@{pos}"
+
+    def _pop(self) -> Any:
+        if not self.stack:
+            raise ValueError("stack underflow")
+        return self.stack.pop()
+
+    def _pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise ValueError("MARK expected")
+        items = self.stack
+        self.stack = self.marks.pop()
+        return items
+
+    def _push(self, value: Any) -> None:
+        self.stack.append(value)
+        if len(self.stack) > self.ctx.limits.max_stack:
+            raise _LimitError(f"more than {self.ctx.limits.max_stack} items on the stack")
+
+    def _import(self, module: str, name: str, pos: int, via: str) -> Global:
+        self.walk.risky = True
+        verdict = self.ctx.policy.classify(module, name)
+        what = {ImportClass.SAFE: "is on the allowlist",
+                ImportClass.UNKNOWN: "is not on the allowlist (allow it with --allow if you "
+                                     "trust it)",
+                ImportClass.DANGEROUS: "can run code or touch the system"}[verdict]
+        # One finding per import per stream: the location is the stream, not each offset.
+        self.ctx.add(_SEVERITY[verdict], _KIND[verdict],
+                     f"{via} imports {module}.{name}, which {what}", self.loc, module, name)
+        return Global(module, name)
+
+    def _callee(self, func: Any, op: str, pos: int) -> None:
+        self.walk.risky = True
+        if isinstance(func, Global):
+            return
+        if isinstance(func, _Opaque):
+            return  # already reported (unresolved import / EXT)
+        self.ctx.add(Severity.CRITICAL, "indirect-call",
+                     f"{op} calls a value that is not an imported global ({type(func).__name__}"
+                     "): the callable was produced by earlier calls, which a scanner cannot "
+                     "judge", self._at(pos))
+
+    # -- opcodes ---------------------------------------------------------------------------------
+
+    def step(self, name: str, arg: Any, pos: int, reader: Reader) -> None:  # noqa: C901, PLR0912
+        st = self.stack
+        if name in _CONST_OPS:
+            self._push(arg)
+        elif name in _FIXED:
+            self._push(_FIXED[name])
+        elif name in ("EMPTY_LIST", "EMPTY_SET"):
+            self._push([])
+        elif name == "EMPTY_DICT":
+            self._push(DictValue())
+        elif name == "MARK":
+            if len(self.marks) >= self.ctx.limits.max_nesting:
+                raise _LimitError(f"MARK nesting deeper than {self.ctx.limits.max_nesting}")
+            self.marks.append(self.stack)
+            self.stack = []
+        elif name in ("TUPLE", "LIST", "FROZENSET"):
+            items = self._pop_mark()
+            self._push(tuple(items) if name == "TUPLE" else items)
+        elif name == "DICT":
+            items = self._pop_mark()
+            self._push(DictValue(zip(items[::2], items[1::2], strict=False)))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            if len(st) < n:
+                raise ValueError("stack underflow")
+            items = st[-n:]
+            del st[-n:]
+            self._push(tuple(items))
+        elif name == "APPEND":
+            value = self._pop()
+            self._extend(st, [value])
+        elif name in ("APPENDS", "ADDITEMS"):
+            items = self._pop_mark()
+            self._extend(self.stack, items)
+        elif name == "SETITEM":
+            value, key = self._pop(), self._pop()
+            self._setitems(st, [key, value])
+        elif name == "SETITEMS":
+            items = self._pop_mark()
+            self._setitems(self.stack, items)
+        elif name == "POP":
+            if st:
+                st.pop()
+            else:
+                self._pop_mark()
+        elif name == "POP_MARK":
+            self._pop_mark()
+        elif name == "DUP":
+            if not st:
+                raise ValueError("stack underflow")
+            self._push(st[-1])
+        elif name in _MEMO_PUT or name == "MEMOIZE":
+            if not st:
+                raise ValueError("memo store from an empty stack")
+            key = len(self.memo) if name == "MEMOIZE" else int(arg)
+            if key not in self.memo and len(self.memo) >= self.ctx.limits.max_memo:
+                raise _LimitError(f"more than {self.ctx.limits.max_memo} memo entries")
+            self.memo[key] = st[-1]
+        elif name in _MEMO_GET:
+            if int(arg) not in self.memo:
+                raise ValueError(f"memo key {arg} is missing")
+            self._push(self.memo[int(arg)])
+        elif name in ("GLOBAL", "INST"):
+            module, gname = _read_pair(reader, pos)
+            glob = self._import(module, gname, pos, name)
+            if name == "INST":
+                args = self._pop_mark()
+                self._push(Call(glob, tuple(args)))
+            else:
+                self._push(glob)
+        elif name == "STACK_GLOBAL":
+            gname, module = self._pop(), self._pop()
+            if type(module) is str and type(gname) is str:
+                self._push(self._import(module, gname, pos, name))
+            else:
+                self.walk.risky = True
+                self.ctx.add(Severity.CRITICAL, "unresolved-import",
+                             "STACK_GLOBAL takes its module or name from a value that is not a "
+                             "constant string; the import cannot be judged", self._at(pos))
+                self._push(_Opaque("unresolved import"))
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            self.walk.risky = True
+            self.ctx.add(Severity.CRITICAL, "ext-opcode",
+                         f"{name} {arg} imports whatever the copyreg extension registry of the "
+                         "loading process maps this code to; it cannot be judged", self._at(pos))
+            self._push(_Opaque("extension"))
+        elif name == "REDUCE":
+            args, func = self._pop(), self._pop()
+            self._callee(func, name, pos)
+            self._push(Call(func, args))
+        elif name in ("NEWOBJ", "NEWOBJ_EX"):
+            kwargs = self._pop() if name == "NEWOBJ_EX" else None
+            args, cls = self._pop(), self._pop()
+            self._callee(cls, name, pos)
+            self._push(Call(cls, args if kwargs is None else (args, kwargs)))
+        elif name == "OBJ":
+            items = self._pop_mark()
+            if not items:
+                raise ValueError("OBJ without a class")
+            self._callee(items[0], name, pos)
+            self._push(Call(items[0], tuple(items[1:])))
+        elif name == "BUILD":
+            state = self._pop()
+            if not st:
+                raise ValueError("BUILD on an empty stack")
+            self._build(st[-1], state, pos, reader)
+        elif name in ("PERSID", "BINPERSID"):
+            pid = arg if name == "PERSID" else self._pop()
+            self.walk.risky = True
+            self.walk.persistent_ids.append(pid)
+            self._push(_Opaque("persistent id"))
+        elif name == "NEXT_BUFFER":
+            self._push(_Opaque("out-of-band buffer"))
+        elif name == "FRAME":
+            reader.frame_end = reader.pos + int(arg)
+        elif name in ("PROTO", "READONLY_BUFFER", "STOP"):
+            pass
+        else:  # pragma: no cover - genops knows no other opcodes
+            raise ValueError(f"unhandled opcode {name}")
+
+    def _extend(self, stack: list[Any], items: list[Any]) -> None:
+        if not stack:
+            raise ValueError("append to an empty stack")
+        target = stack[-1]
+        if isinstance(target, list) and not isinstance(target, DictValue):
+            target.extend(items)
+
+    def _setitems(self, stack: list[Any], items: list[Any]) -> None:
+        if not stack:
+            raise ValueError("setitem on an empty stack")
+        target = stack[-1]
+        if isinstance(target, DictValue):
+            target.extend(zip(items[::2], items[1::2], strict=False))
+
+    def _build(self, obj: Any, state: Any, pos: int, reader: Reader) -> None:
+        if isinstance(obj, (Global, _Opaque)):
+            self.walk.risky = True
+            self.ctx.add(Severity.CRITICAL, "build-on-global",
+                         "BUILD sets attributes on an imported class or function itself, which "
+                         "changes it for the whole process", self._at(pos),
+                         getattr(obj, "module", None), getattr(obj, "name", None))
+            return
+        if isinstance(obj, Call):
+            obj.state = state
+            if self.hook is not None:
+                self.hook(obj, reader, self.loc)
+
+
+def _read_pair(reader: Reader, pos: int) -> tuple[str, str]:
+    """The two newline-terminated strings after GLOBAL/INST at ``pos``, decoded as the unpickler
+    does (UTF-8), not as pickletools shows them (joined with a space, which is ambiguous)."""
+    saved = reader.pos
+    reader.pos = pos + 1
+    module, name = reader.readline(), reader.readline()
+    reader.pos = saved
+    if not module.endswith(b"\n") or not name.endswith(b"\n"):
+        raise ValueError("GLOBAL names are not newline-terminated")
+    return module[:-1].decode("utf-8"), name[:-1].decode("utf-8")
+
+
+def walk_pickle(buf: memoryview, start: int, ctx: ScanContext, location: str, *,
+                end: int | None = None, hook: BuildHook | None = None) -> PickleWalk:
+    """Walk one pickle stream starting at ``buf[start]``, recording findings in ``ctx``.
+
+    Never raises on bad input: a stream that does not parse, or that hits a limit, returns with
+    ``error`` set and ``end`` None. The caller decides how loud a parse error is (a stream that
+    never reached an import cannot have run code).
+
+    Args:
+        buf: the bytes holding the stream (not copied).
+        start: offset of the first opcode.
+        ctx: the file's scan context (policy, limits, findings).
+        location: a label for findings, e.g. ``archive/data.pkl``.
+        end: where the readable bytes stop (default: end of ``buf``).
+        hook: called after each BUILD (joblib framing).
+    """
+    machine = _Machine(ctx, location, hook)
+    reader = Reader(buf, start, end)
+    walk = machine.walk
+    ctx.streams += 1
+    if ctx.streams > ctx.limits.max_streams:
+        walk.error = f"more than {ctx.limits.max_streams} pickle streams"
+        ctx.add(Severity.WARNING, "limit-exceeded", walk.error, location)
+        return walk
+    count = 0
+    last = start
+    try:
+        for op, arg, pos in pickletools.genops(reader):
+            last = pos if pos is not None else last
+            count += 1
+            if count > ctx.limits.max_opcodes:
+                raise _LimitError(f"more than {ctx.limits.max_opcodes} opcodes")
+            machine.step(op.name, arg, last, reader)
+            if op.name == "STOP":
+                walk.end = reader.pos
+                walk.top = machine.stack[-1] if machine.stack else None
+                if len(machine.stack) != 1 or machine.marks:
+                    ctx.add(Severity.WARNING, "malformed-pickle",
+                            "STOP with an unbalanced stack: the unpickler would reject this "
+                            "stream only after running what came before", f"{location}@{last}")
+                return walk
+        walk.error = "stream ended without STOP (truncated)"
+    except _LimitError as exc:
+        walk.error = str(exc)
+        ctx.add(Severity.WARNING, "limit-exceeded",
+                f"stopped reading the pickle: {exc}; the rest was not checked",
+                f"{location}@{last}")
+    except RecursionError:
+        walk.error = "nesting too deep"
+    except Exception as exc:  # noqa: BLE001 - any parse failure of hostile bytes is a finding
+        walk.error = f"{type(exc).__name__}: {exc}"[:300]
+    return walk
