@@ -127,6 +127,17 @@ _SAFE_PAIRS: frozenset[tuple[str, str]] = frozenset(
         ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # numpy scalar types named as values (e.g. an estimator's ``dtype=np.float64``)
+        *(("numpy", n) for n in (
+            "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+            "float16", "float32", "float64", "longdouble", "complex64", "complex128",
+            "clongdouble", "str_", "bytes_", "datetime64", "timedelta64", "intp", "uintp",
+        )),
+        # scikit-learn's Cython trees rebuild themselves with ``newObj(cls) = cls.__new__(cls)``:
+        # it only allocates an instance of a class the policy must already allow.
+        ("sklearn.metrics._dist_metrics", "newObj"),
+        ("sklearn.neighbors._kd_tree", "newObj"),
+        ("sklearn.neighbors._ball_tree", "newObj"),
         ("numpy.ma.core", "_mareconstruct"),
         ("numpy.ma.core", "MaskedArray"),
         # joblib's array wrappers (the array bytes follow the wrapper in the stream)
