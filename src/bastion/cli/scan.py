@@ -1,3 +1,90 @@
-"""`bastion scan` (being written)."""
-def scan() -> None:
-    """Scan model files for code before loading them."""
+"""``bastion scan``: scan model files and folders for pickled code.
+
+Exit codes: 0 every file is safe, 1 a file is unsafe or unknown, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from bastion.artifacts.scan import ScanReport, Verdict, render_sarif, render_text, scan_paths
+from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
+from bastion.core.errors import ConfigurationError
+
+
+class OutputFormat(str, enum.Enum):
+    """How the report is written."""
+
+    TEXT = "text"
+    JSON = "json"
+    SARIF = "sarif"
+
+
+_STYLE = {Verdict.SAFE: "bold green", Verdict.UNKNOWN: "bold yellow", Verdict.UNSAFE: "bold red"}
+_SEVERITY_STYLE = {"critical": "red", "warning": "yellow", "info": "dim"}
+
+
+def _table(report: ScanReport) -> Table:
+    table = Table(show_lines=True, title="bastion scan")
+    table.add_column("verdict")
+    table.add_column("file")
+    table.add_column("format")
+    table.add_column("problems")
+    for file in report.files:
+        problems = Text()
+        for f in file.problems:
+            if problems:
+                problems.append("\n")
+            problems.append(f"{f.severity} ", style=_SEVERITY_STYLE[str(f.severity)])
+            problems.append(f"{f.kind}: {f.detail}")
+            if f.location:
+                problems.append(f" @ {f.location}", style="dim")
+        table.add_row(Text(file.verdict.value, style=_STYLE[file.verdict]), file.path,
+                      file.format, problems)
+    return table
+
+
+def scan(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Files or folders to scan."),
+    allow: list[str] | None = ALLOW_OPTION,
+    policy_file: Path | None = POLICY_OPTION,
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.TEXT, "--format", "-f", case_sensitive=False, help="text, json or sarif."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", metavar="FILE", help="Write the report here instead of stdout."
+    ),
+) -> None:
+    """Scan model files for code before loading them (exit 0 safe, 1 unsafe/unknown, 2 usage).
+
+    Example: bastion scan model.pt --allow mypkg.models.Net --format sarif -o scan.sarif
+    """
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    if missing:
+        raise ConfigurationError(f"no such file or folder: {', '.join(missing)}")
+    policy = build_policy(allow, policy_file)
+    report = scan_paths(paths, policy=policy, progress=True)
+    if output_format is OutputFormat.JSON:
+        text = json.dumps(report.to_dict(), indent=2)
+    elif output_format is OutputFormat.SARIF:
+        text = json.dumps(render_sarif(report), indent=2)
+    else:
+        text = render_text(report)
+    if output is not None:
+        try:
+            output.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write {output}: {exc.strerror or exc}") from None
+    elif output_format is OutputFormat.TEXT:
+        console.print(_table(report))
+        console.print(text.splitlines()[-1] if report.verdict is Verdict.SAFE
+                      else "\n".join(text.splitlines()[-2:]), highlight=False)
+    else:
+        typer.echo(text)
+    raise typer.Exit(0 if report.verdict is Verdict.SAFE else 1)
