@@ -132,6 +132,7 @@ def _scan_zip(buf: memoryview, ctx: ScanContext, loc: str, depth: int) -> None:
         ctx.add(Severity.WARNING, "zip-anomaly", anomaly, loc)
     if listing.start_offset > 0:
         scan_blob(buf[: listing.start_offset], ctx, f"{loc}[prefix]", depth + 1, strict=False)
+    storages = _storage_members(buf, listing.members, ctx, loc)
     for member in listing.members:
         mloc = f"{loc}!{member.name}"
         for anomaly in member.anomalies:
@@ -146,8 +147,45 @@ def _scan_zip(buf: memoryview, ctx: ScanContext, loc: str, depth: int) -> None:
         content = _member_bytes(buf, member, ctx, mloc)
         if content is None:
             continue
+        if member.name in storages:
+            _scan_storage(content, ctx, mloc)
+            continue
         strict = member.name.endswith((".pkl", ".pickle"))
         scan_blob(content, ctx, mloc, depth + 1, strict=strict)
+
+
+def _storage_members(buf: memoryview, members: Any, ctx: ScanContext, loc: str) -> set[str]:
+    """Names of the raw tensor storages that a torch ``data.pkl`` refers to (``data/<key>``).
+
+    torch reads those bytes as tensor data, never as a pickle; walking random tensor bytes as
+    opcodes would only produce noise, so they are judged by :func:`_scan_storage` instead.
+    """
+    names: set[str] = set()
+    for member in members:
+        if not (member.name == "data.pkl" or member.name.endswith("/data.pkl")):
+            continue
+        content = _member_bytes(buf, member, ScanContext(ctx.policy, ctx.limits), loc)
+        if content is None:
+            continue
+        walk = walk_pickle(content, 0, ScanContext(ctx.policy, ctx.limits), loc)
+        prefix = member.name[: -len("data.pkl")]
+        for pid in walk.persistent_ids:
+            if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
+                names.add(f"{prefix}data/{pid[2]}")
+    return names
+
+
+def _scan_storage(content: memoryview, ctx: ScanContext, loc: str) -> None:
+    """A tensor storage member: only a *complete* pickle stream inside it is reported."""
+    scratch = ScanContext(ctx.policy, ctx.limits)
+    walk = walk_pickle(content, 0, scratch, loc)
+    if walk.end is None or not walk.risky:
+        return
+    ctx.add(Severity.WARNING, "pickle-in-storage",
+            "a tensor storage member holds a complete pickle stream (its imports are reported)",
+            loc)
+    for f in scratch.findings:
+        ctx.add(f.severity, f.kind, f.detail, f.location, f.module, f.name)
 
 
 def _member_bytes(buf: memoryview, member: Any, ctx: ScanContext, loc: str) -> memoryview | None:

@@ -138,6 +138,20 @@ _SAFE_PAIRS: frozenset[tuple[str, str]] = frozenset(
         ("sklearn.metrics._dist_metrics", "newObj"),
         ("sklearn.neighbors._kd_tree", "newObj"),
         ("sklearn.neighbors._ball_tree", "newObj"),
+        # numpy random generators (fitted estimators keep their random state); the helper
+        # functions only instantiate bit generator classes that must themselves be allowed.
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("numpy.random._pickle", "__randomstate_ctor"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("numpy.random._generator", "Generator"),
+        ("numpy.random.mtrand", "RandomState"),
+        ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._pcg64", "PCG64DXSM"),
+        ("numpy.random._philox", "Philox"),
+        ("numpy.random._sfc64", "SFC64"),
         ("numpy.ma.core", "_mareconstruct"),
         ("numpy.ma.core", "MaskedArray"),
         # joblib's array wrappers (the array bytes follow the wrapper in the stream)
