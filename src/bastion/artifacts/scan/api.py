@@ -96,9 +96,20 @@ def _expand(paths: Sequence[str | Path]) -> Iterator[tuple[Path, Finding | None]
                             "symlink", f"symbolic link to {os.readlink(child)} not followed; "
                             "scan its target directly if you trust it")
                     else:
-                        yield child, None
+                        yield child, _special(child)
         else:
-            yield root, None
+            yield root, _special(root)
+
+
+def _special(path: Path) -> Finding | None:
+    """A FIFO, socket or device would block or never end: reported, never opened."""
+    try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            return _problem("special-file", "not a regular file (FIFO, socket or device); "
+                            "not opened")
+    except OSError as exc:
+        return _problem("unreadable", f"cannot stat the file: {exc.strerror or exc}")
+    return None
 
 
 def _problem(kind: str, detail: str) -> Finding:
