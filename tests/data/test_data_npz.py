@@ -86,7 +86,7 @@ def test_object_array_is_refused_without_unpickling(tmp_path: Path, target: str)
         ({"x": np.zeros((2, 1)), "y": np.array(["0", "1"])}, "y must hold integer class labels"),
         (
             {"x": np.zeros((2, 1)), "y": np.array([0.0, 1.5])},
-            r"not whole numbers \(first at index 1",
+            r"not whole numbers in the int64 range \(first at index 1: 1.5\)",
         ),
         ({"x": np.zeros((2, 1)), "y": np.array([0.0, np.nan])}, "not whole numbers"),
         (
@@ -244,6 +244,7 @@ def _arrays(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.mark.filterwarnings("error")  # numpy cast/overflow warnings count as failures
 @settings(max_examples=300, deadline=None)
 @given(arrays=_arrays(), bounds=st.sampled_from([(0.0, 1.0), (-5.0, 300.0), None]))
 def test_validator_property(
@@ -264,6 +265,7 @@ def test_validator_property(
     np.testing.assert_array_equal(yt.numpy(), y.astype(np.float64).astype(np.int64))
 
 
+@pytest.mark.filterwarnings("error")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=600), cut=st.integers(0, 2000), flips=st.lists(st.integers(0, 2000)))
 def test_loader_never_crashes_on_hostile_bytes(data: bytes, cut: int, flips: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -86,7 +87,7 @@ def test_cache_files_are_safetensors_and_sidecar_matches(
     tensors = safetensors.torch.load(raw)
     assert set(tensors) == set(cache_module.DemoCNN().state_dict())
     meta = json.loads(sidecar.read_text())
-    assert meta["weights_sha256"] == __import__("hashlib").sha256(raw).hexdigest()
+    assert meta["weights_sha256"] == hashlib.sha256(raw).hexdigest()
     assert DemoModelInfo.from_dict(meta) == demo_info(cache_dir=tmp_path)
     assert {"seed", "epochs", "test_accuracy", "torch_version", "architecture_version"} <= set(meta)
     assert not list(weights.parent.glob("*.tmp"))  # atomic writes leave no temporaries

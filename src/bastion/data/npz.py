@@ -204,12 +204,14 @@ def _check_labels(y: np.ndarray) -> tuple[list[str], list[int], np.ndarray]:
     firsts: list[int] = []
     if y.dtype.kind == "f":
         wide = y.astype(np.float64)
-        bad = ~np.isfinite(wide) | (np.floor(wide) != wide) | (wide >= 2.0**63)
+        in_range = (wide > -(2.0**63)) & (wide < 2.0**63)  # NaN compares False: caught here too
+        bad = ~in_range | (np.floor(wide) != wide)
         if bad.any():
             first = int(np.argmax(bad))
             problems.append(
-                f"y has {int(bad.sum())} labels that are not whole numbers (first at index "
-                f"{first}: {y[first]!r}); labels must be class indices 0, 1, 2, ..."
+                f"y has {int(bad.sum())} labels that are not whole numbers in the int64 range "
+                f"(first at index "
+                f"{first}: {y[first].item()!r}); labels must be class indices 0, 1, 2, ..."
             )
             firsts.append(first)
             wide = np.where(bad, 0.0, wide)
