@@ -80,7 +80,7 @@ def prepare_demo(workdir: Path, *, cache_dir: Path | None = None) -> DemoArtifac
         files=(pickle_path, tensors_path),
         signatures=signatures,
         public_key=keys.public_key,
-        info=dict(demo_info(cache_dir=cache_dir)),
+        info=demo_info(cache_dir=cache_dir).to_dict(),
     )
 
 
