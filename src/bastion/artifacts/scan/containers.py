@@ -63,7 +63,9 @@ def scan_blob(buf: memoryview, ctx: ScanContext, loc: str, depth: int = 0, *,
         ctx.add(Severity.WARNING, "unsupported-compression",
                 "lz4-compressed data cannot be checked without the lz4 package", loc)
     elif fmt in ("pickle", "unknown"):
-        fmt = scan_pickles(buf, ctx, loc, strict=strict or fmt == "pickle")
+        # Text that fails to parse before any import cannot run code under any unpickler;
+        # a stream that starts with PROTO, or sits where a loader unpickles, must parse.
+        fmt = scan_pickles(buf, ctx, loc, strict=fmt == "pickle" or (strict and depth > 0))
     if fmt != "empty":
         _probe_appended_zip(buf, ctx, loc, depth)
     return fmt
@@ -77,6 +79,8 @@ def scan_pickles(buf: memoryview, ctx: ScanContext, loc: str, *, strict: bool) -
         if walk.risky or strict:
             report_stream_error(ctx, loc, walk.error)
             return "pickle"
+        ctx.add(Severity.INFO, "not-a-model",
+                "no known model format and no pickle stream: nothing a loader could run", loc)
         return "unknown"
     fmt = "joblib" if hook.seen else "pickle"
     if walk.top == 0x1950A86A20F9469CFC6C and bytes(buf[: walk.end]) != TORCH_LEGACY_MAGIC:

@@ -163,6 +163,9 @@ def list_zip(data: bytes | memoryview, *, max_members: int = _MAX_MEMBERS) -> Zi
                 anomalies=tuple(member_anomalies),
             )
         )
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        anomalies.append("several members share a name (readers may pick different ones)")
     start = min((m.header_offset for m in members), default=cd_offset)
     if start > 0:
         anomalies.append(f"{start} bytes of data before the first member")
@@ -215,5 +218,7 @@ def read_member(
             raise ZipFormatError(
                 f"{member.name}: decompresses to more than {limit} bytes (possible zip bomb)"
             )
+        if length is None and not decomp.eof:
+            raise ZipFormatError(f"{member.name}: deflate stream is truncated")
         return out[:want]
     raise ZipFormatError(f"{member.name}: unsupported compression method {member.method}")

@@ -1,0 +1,113 @@
+"""Format sniffing, safetensors header checks, the tolerant zip reader, odd files."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bastion.artifacts.scan import Verdict, scan_bytes, scan_file, sniff_format
+from bastion.artifacts.scan.zipread import ZipFormatError, list_zip, read_member
+
+
+def _torch_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf)
+    return buf.getvalue()
+
+
+def _safetensors(header: Any, data: bytes = b"\x00" * 8) -> bytes:
+    raw = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def test_sniff_format_by_bytes_not_name() -> None:
+    assert sniff_format(_torch_bytes()) == "torch-zip"
+    assert sniff_format(pickle.dumps(1, protocol=2)) == "pickle"
+    assert sniff_format(b"") == "empty"
+    npy = io.BytesIO()
+    np.save(npy, np.arange(3))
+    assert sniff_format(npy.getvalue()) == "npy"
+    assert sniff_format(_safetensors({})) == "safetensors"
+    legacy = io.BytesIO()
+    torch.save({}, legacy, _use_new_zipfile_serialization=False)
+    assert sniff_format(legacy.getvalue()) == "torch-legacy"
+
+
+def test_empty_and_text_files_are_not_models(tmp_path: Path) -> None:
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert scan_file(tmp_path / "empty.pt").verdict is Verdict.SAFE
+    report = scan_bytes(b'{"hidden_size": 768}\n')
+    assert report.verdict is Verdict.SAFE and report.format == "unknown"
+
+
+_F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ({"a": {**_F32, "dtype": "F99"}}, "unknown dtype"),
+    ({"a": {**_F32, "shape": [-2]}}, "non-negative"),
+    ({"a": {**_F32, "data_offsets": [0, 800]}}, "outside"),
+    ({"a": {**_F32, "shape": [3]}}, "do not hold"),
+    ({"a": _F32, "b": {**_F32, "data_offsets": [4, 8], "shape": [1]}}, "overlap"),
+    ({"__metadata__": {"k": 1}}, "strings to strings"),
+    (b"{not json", "not valid JSON"),
+])
+def test_malformed_safetensors(header: Any, message: str) -> None:
+    report = scan_bytes(_safetensors(header))
+    assert report.verdict is Verdict.UNKNOWN
+    assert any(message in f.detail for f in report.findings), report.findings
+
+
+def test_safetensors_header_length_past_end() -> None:
+    data = struct.pack("<Q", 10**6) + b"{}"
+    assert scan_bytes(data).verdict is not Verdict.SAFE
+
+
+def test_valid_safetensors_is_safe() -> None:
+    assert scan_bytes(_safetensors({"a": _F32, "__metadata__": {"k": "v"}})).verdict is \
+        Verdict.SAFE
+
+
+def test_zipread_reads_what_zipfile_refuses() -> None:
+    from _helpers.payloads import _patch_zip
+
+    data = _patch_zip(bytearray(_torch_bytes()), crc=True)  # bad CRCs everywhere
+    listing = list_zip(bytes(data))
+    first = listing.members[0]
+    assert read_member(bytes(data), first, limit=1 << 20)
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf, pytest.raises(zipfile.BadZipFile):
+        zf.read(first.name)
+
+
+def test_zipread_truncated_deflate_is_an_error() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.pkl", bytes(range(256)) * 64)
+    data = bytearray(buf.getvalue())
+    member = list_zip(bytes(data)).members[0]
+    short = type(member)(**{**member.__dict__, "compressed_size": member.compressed_size // 2})
+    with pytest.raises(ZipFormatError, match="truncated"):
+        read_member(bytes(data), short, limit=1 << 20)
+
+
+def test_zipread_duplicate_names_are_an_anomaly() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning):
+        zf.writestr("data.pkl", pickle.dumps(1))
+        zf.writestr("data.pkl", pickle.dumps(2))
+    assert any("share a name" in a for a in list_zip(buf.getvalue()).anomalies)
+
+
+def test_scan_bytes_does_not_copy_tensor_payloads() -> None:
+    """A memoryview over read-only bytes works, and the result matches bytes input."""
+    data = _torch_bytes()
+    assert scan_bytes(memoryview(data)).to_dict() == scan_bytes(data).to_dict()
