@@ -36,6 +36,9 @@ class EnvProbe:
 class Spinner:
     """Burns CPU forever when unpickled (to test the isolated loader's CPU limit)."""
 
+    def __init__(self) -> None:
+        self.state = 1  # a non-empty state, so that unpickling calls __setstate__
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         while True:
             pass

@@ -83,13 +83,14 @@ def test_unsigned_file_warns_and_malicious_file_fails(tmp_path: Path) -> None:
 
 
 def test_report_html_escapes_hostile_names(tmp_path: Path) -> None:
-    model = tmp_path / "<script>alert(1)</script>.pkl"
+    model = tmp_path / "<img src=x onerror=alert(1)>.pkl"
     # an import whose module name is markup: it must come out as text
-    model.write_bytes(b"\x80\x02c<img src=x onerror=alert(1)>\nNet\n)\x81.")
+    model.write_bytes(b"\x80\x02c<script>alert(1)</script>\nNet\n)\x81.")
     report = run_audit(model)
+    assert report.sections[0].files[0].verdict != "safe"
     html = render_html(report)
     assert "<script>alert(1)" not in html and "<img src=x" not in html
-    assert "&lt;script&gt;" in html
+    assert "&lt;script&gt;" in html and "&lt;img src=x" in html
 
 
 def test_cli_audit_demo_end_to_end(tmp_path: Path, demo_cache: Path) -> None:

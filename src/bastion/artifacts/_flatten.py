@@ -26,6 +26,7 @@ def flatten_tensors(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, str], 
     tensors: dict[str, torch.Tensor] = {}
     extra: dict[str, Any] = {}
     skipped: list[str] = []
+    depth = [0]
 
     def visit(value: Any, key: str) -> None:
         if isinstance(value, torch.nn.Module):
@@ -45,6 +46,10 @@ def flatten_tensors(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, str], 
                 visit(v, f"{key}.{i}" if key else str(i))
         elif isinstance(value, _SCALARS) or isinstance(value, np.generic):
             extra[key or "value"] = value.item() if isinstance(value, np.generic) else value
+        elif hasattr(value, "__dict__") and not isinstance(value, type) and depth[0] < 64:
+            depth[0] += 1  # a user's checkpoint object: its attributes hold the tensors
+            visit(vars(value), key)
+            depth[0] -= 1
         else:
             skipped.append(f"{key or '<root>'} ({type(value).__name__})")
 

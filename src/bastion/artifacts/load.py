@@ -35,6 +35,7 @@ from bastion.core.errors import (
 __all__ = ["load", "load_bytes", "read_once", "read_verified"]
 
 _MAX_MEMBER = 1 << 40
+_COMPRESSED = frozenset({"zlib", "gzip", "bz2", "xz", "lzma"})
 
 
 def read_once(path: str | Path) -> bytes:
@@ -175,7 +176,8 @@ def _deserialize(data: bytes, fmt: str, policy: Policy) -> Any:
         return load_torch_legacy(data, policy=policy)
     if fmt == "pickle":
         return restricted_loads(data, policy=policy)
-    if fmt == "joblib":
+    if fmt == "joblib" or fmt in _COMPRESSED:
+        # joblib.load reads compressed pickles too (zlib, gzip, bz2, xz, lzma): same framing
         return _load_joblib(data, policy)
     if fmt == "npy":
         return _load_npy(data, policy)

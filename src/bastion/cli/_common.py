@@ -9,8 +9,8 @@ from rich.console import Console
 
 from bastion.artifacts.scan.policy import DEFAULT_POLICY, Policy, load_policy
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ALLOW_OPTION = typer.Option(
     None,

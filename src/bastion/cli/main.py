@@ -54,7 +54,7 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and turns bastion errors into messages and exit codes."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         app(args=argv, prog_name="bastion", standalone_mode=True)
     except ConfigurationError as exc:

@@ -23,7 +23,7 @@ _PROGRESS_FROM = 8  # files; fewer finish before a bar would be worth drawing
 
 def scan_bytes(data: bytes | memoryview, *, path: str = "<bytes>",
                policy: Policy = DEFAULT_POLICY,
-               limits: ScanLimits = _DEFAULT_LIMITS) -> FileReport:
+               limits: ScanLimits = _DEFAULT_LIMITS, digest: bool = True) -> FileReport:
     """Scan in-memory bytes for pickled code, whatever container holds it.
 
     Only pickle bytes and archive directories are read (through memoryview slices); tensor
@@ -34,6 +34,8 @@ def scan_bytes(data: bytes | memoryview, *, path: str = "<bytes>",
         path: a name for the report.
         policy: which imports are allowed.
         limits: bounds on the work done.
+        digest: compute the SHA-256 of all the bytes (the one step that reads tensor bytes;
+            callers that already hashed the file pass False and get ``sha256=""``).
 
     Returns:
         The report: format, findings (worst first), verdict, sha256 and size.
@@ -53,13 +55,13 @@ def scan_bytes(data: bytes | memoryview, *, path: str = "<bytes>",
         ctx.add(Severity.WARNING, "scanner-error",
                 f"the scanner failed on this file ({type(exc).__name__}: {exc}); it was not "
                 "fully checked", "")
-    digest = hashlib.sha256(view).hexdigest()
     return FileReport(path=path, format=fmt, findings=ctx.sorted_findings(),
-                      sha256=digest, size=len(view))
+                      sha256=hashlib.sha256(view).hexdigest() if digest else "",
+                      size=len(view))
 
 
 def scan_file(path: str | Path, *, policy: Policy = DEFAULT_POLICY,
-              limits: ScanLimits = _DEFAULT_LIMITS) -> FileReport:
+              limits: ScanLimits = _DEFAULT_LIMITS, digest: bool = True) -> FileReport:
     """Scan one file, memory-mapped so that only the bytes the scan needs are paged in.
 
     The format comes from the bytes, never from the file name.
@@ -71,11 +73,13 @@ def scan_file(path: str | Path, *, policy: Policy = DEFAULT_POLICY,
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
-            return scan_bytes(b"", path=str(path), policy=policy, limits=limits)
+            return scan_bytes(b"", path=str(path), policy=policy, limits=limits,
+                              digest=digest)
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
-                return scan_bytes(view, path=str(path), policy=policy, limits=limits)
+                return scan_bytes(view, path=str(path), policy=policy, limits=limits,
+                                  digest=digest)
             finally:
                 view.release()
 
