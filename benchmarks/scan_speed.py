@@ -6,7 +6,8 @@ it (with and without the whole-file SHA-256), and the CLIs of picklescan, models
 fickling when they can be found (``--peers-bin DIR`` points at a venv's ``bin`` with them;
 otherwise the current environment is searched). Prints best/median seconds, GB/s (file size
 over time: only the pickle and the zip directory are read, so this can exceed disk speed) and
-each tool's time relative to bastion's API call (CLI rows include interpreter start-up). The file is deleted afterwards.
+each tool's time relative to bastion's API call (CLI rows include
+interpreter start-up). The file is deleted afterwards.
 
 Usage: python benchmarks/scan_speed.py [--dir DIR] [--gb 1.0] [--repeat 5] [--peers-bin DIR]
 """

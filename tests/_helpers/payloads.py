@@ -167,6 +167,11 @@ def _torch_zip_extra_member(path: Path, marker: Path) -> None:
         dst.writestr(f"{prefix}/extra/constants", payload_pickle(marker))
 
 
+def _or_flag(data: bytearray, at: int) -> None:
+    """Set a reserved general-purpose flag bit (0x1000) that miniz ignores."""
+    struct.pack_into("<H", data, at, struct.unpack_from("<H", data, at)[0] | 0x1000)
+
+
 def _patch_zip(data: bytearray, *, crc: bool = False, flags: bool = False,
                local_name: bool = False) -> bytearray:
     """Corrupt fields that Python's zipfile checks and torch's miniz reader ignores."""
@@ -177,7 +182,7 @@ def _patch_zip(data: bytearray, *, crc: bool = False, flags: bool = False,
         if crc:
             struct.pack_into("<I", data, pos + 14, 0xDEADBEEF)
         if flags:
-            struct.pack_into("<H", data, pos + 6, struct.unpack_from("<H", data, pos + 6)[0] | 0x1000)
+            _or_flag(data, pos + 6)
         if local_name and name.endswith(b"data.pkl"):
             data[pos + 30 + name_len - 8 : pos + 30 + name_len] = b"xxxx.pkl"
         pos += 4
@@ -186,7 +191,7 @@ def _patch_zip(data: bytearray, *, crc: bool = False, flags: bool = False,
         if crc:
             struct.pack_into("<I", data, pos + 16, 0xDEADBEEF)
         if flags:
-            struct.pack_into("<H", data, pos + 8, struct.unpack_from("<H", data, pos + 8)[0] | 0x1000)
+            _or_flag(data, pos + 8)
         pos += 4
     return data
 
@@ -249,6 +254,10 @@ def _joblib(path: Path, marker: Path, compress: Any = 0) -> None:
                 compress=compress)
 
 
+def _joblib_with(codec: str) -> Callable[[Path, Path], None]:
+    return lambda path, marker: _joblib(path, marker, (codec, 3))
+
+
 def _npy(path: Path, marker: Path) -> None:
     import numpy as np  # noqa: PLC0415
 
@@ -307,12 +316,13 @@ _BUILDERS: dict[str, tuple[str, Loader, Callable[[Path, Path], None]]] = {
                             lambda p, m: _torch_zip_patched(p, m, flags=True)),
     "torch-zip-local-name": ("model.pt", Loader.TORCH,
                              lambda p, m: _torch_zip_patched(p, m, local_name=True)),
-    "torch-legacy-sysinfo": ("model.pt", Loader.TORCH, lambda p, m: _torch_legacy(p, m, which=2)),
-    "torch-legacy-keys": ("model.pt", Loader.TORCH, lambda p, m: _torch_legacy(p, m, which=4)),
+    "torch-legacy-sysinfo": ("model.pt", Loader.TORCH,
+                             lambda p, m: _torch_legacy(p, m, which=2)),
+    "torch-legacy-keys": ("model.pt", Loader.TORCH,
+                          lambda p, m: _torch_legacy(p, m, which=4)),
     "torch-legacy-tar": ("model.pt", Loader.TORCH, _torch_legacy_tar),
     "joblib": ("model.joblib", Loader.JOBLIB, _joblib),
-    **{f"joblib-{c}": ("model.joblib", Loader.JOBLIB,
-                       (lambda c: lambda p, m: _joblib(p, m, (c, 3)))(c))
+    **{f"joblib-{c}": ("model.joblib", Loader.JOBLIB, _joblib_with(c))
        for c in ("zlib", "gzip", "bz2", "lzma", "xz")},
     "npy-object": ("arr.npy", Loader.NUMPY, _npy),
     "npz-object": ("arrs.npz", Loader.NUMPY, _npz),

@@ -50,16 +50,19 @@ def _table(report: ScanReport) -> Table:
     return table
 
 
+_PATHS = typer.Argument(..., metavar="PATH...", help="Files or folders to scan.")
+_FORMAT = typer.Option(OutputFormat.TEXT, "--format", "-f", case_sensitive=False,
+                       help="text, json or sarif.")
+_OUTPUT = typer.Option(None, "--output", "-o", metavar="FILE",
+                       help="Write the report here instead of stdout.")
+
+
 def scan(
-    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Files or folders to scan."),
+    paths: list[Path] = _PATHS,
     allow: list[str] | None = ALLOW_OPTION,
     policy_file: Path | None = POLICY_OPTION,
-    output_format: OutputFormat = typer.Option(
-        OutputFormat.TEXT, "--format", "-f", case_sensitive=False, help="text, json or sarif."
-    ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", metavar="FILE", help="Write the report here instead of stdout."
-    ),
+    output_format: OutputFormat = _FORMAT,
+    output: Path | None = _OUTPUT,
 ) -> None:
     """Scan model files for code before loading them (exit 0 safe, 1 unsafe/unknown, 2 usage).
 

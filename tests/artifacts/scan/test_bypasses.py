@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import payloads
 
+from _helpers import payloads
 from bastion.artifacts.scan import Severity, Verdict, scan_bytes, scan_file
 
 

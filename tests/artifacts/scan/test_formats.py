@@ -111,3 +111,33 @@ def test_scan_bytes_does_not_copy_tensor_payloads() -> None:
     """A memoryview over read-only bytes works, and the result matches bytes input."""
     data = _torch_bytes()
     assert scan_bytes(memoryview(data)).to_dict() == scan_bytes(data).to_dict()
+
+
+def _pt2(path: Path) -> None:
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x).relu()
+
+    torch.export.save(torch.export.export(Net(), (torch.randn(1, 3),)), str(path))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pt2_archive_benign_and_with_pickled_member(tmp_path: Path) -> None:
+    from _helpers.payloads import payload_pickle
+
+    path = tmp_path / "model.pt2"
+    _pt2(path)
+    report = scan_file(path)
+    assert (report.format, report.verdict) == ("pt2", Verdict.SAFE), report.problems
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename.endswith("/data/weights/weight_0"):
+                body = payload_pickle(tmp_path / "MARKER")  # a weight saved with use_pickle
+            dst.writestr(info, body)
+    assert scan_file(evil).verdict is Verdict.UNSAFE

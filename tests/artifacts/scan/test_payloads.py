@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _helpers import payloads
 
+from _helpers import payloads
 from bastion.artifacts.scan import Severity, Verdict, scan_file
 
 from ._cli import run_cli

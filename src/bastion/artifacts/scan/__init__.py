@@ -5,7 +5,7 @@ archives, plain pickles of protocols 0-5, safetensors headers), every import a p
 resolved without unpickling, and judged by an allowlist :class:`Policy`.
 
 >>> from bastion.artifacts.scan import scan_bytes
->>> scan_bytes(b"\\x80\\x04\\x95\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x8c\\x02os\\x8c\\x06system\\x93.").verdict.value
+>>> scan_bytes(b"\\x80\\x04\\x8c\\x02os\\x8c\\x06system\\x93.").verdict.value
 'unsafe'
 """
 

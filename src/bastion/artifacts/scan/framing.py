@@ -141,7 +141,7 @@ def skip_storage(buf: memoryview, pos: int, end: int, element_size: int) -> int:
     """
     if pos + 8 > end:
         raise ValueError("storage record header truncated")
-    (count,) = struct.unpack_from("<q", buf, pos)
+    count: int = struct.unpack_from("<q", buf, pos)[0]
     if count < 0 or pos + 8 + count * element_size > end:
         raise ValueError(f"storage record of {count} elements runs past the end of the file")
     return pos + 8 + count * element_size
@@ -151,7 +151,7 @@ def skip_tensor_record(buf: memoryview, pos: int, end: int) -> int:
     """Offset after one tensor record of the legacy tar ``tensors`` member."""
     if pos + 8 > end:
         raise ValueError("tensor record truncated")
-    (ndim,) = struct.unpack_from("<i", buf, pos)
+    ndim: int = struct.unpack_from("<i", buf, pos)[0]
     size = 8 + 16 * ndim + 8
     if ndim < 0 or pos + size > end:
         raise ValueError("tensor record truncated")

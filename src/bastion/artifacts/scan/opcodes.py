@@ -21,80 +21,9 @@ from typing import Any
 from bastion.artifacts.scan.context import ScanContext
 from bastion.artifacts.scan.findings import Severity
 from bastion.artifacts.scan.policy import ImportClass
+from bastion.artifacts.scan.values import Call, DictValue, Global, Opaque, Reader
 
-__all__ = ["Call", "Global", "PickleWalk", "Reader", "walk_pickle"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Global:
-    """An imported global, resolved to constant strings."""
-
-    module: str
-    name: str
-
-
-class Call:
-    """The result of calling ``func`` (a REDUCE, NEWOBJ, OBJ or INST); ``state`` is its BUILD."""
-
-    __slots__ = ("args", "func", "state")
-
-    def __init__(self, func: Any, args: Any) -> None:
-        self.func = func
-        self.args = args
-        self.state: Any = None
-
-
-class _Opaque:
-    """A value the walker cannot know (an unresolved import, a persistent id, a buffer)."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-class DictValue(list[tuple[Any, Any]]):
-    """A pickled dict as a list of pairs (keys may be unhashable symbolic values)."""
-
-    def get(self, key: Any) -> Any:
-        """The value of the first pair whose key equals ``key`` (constants only)."""
-        for k, v in self:
-            if type(k) is type(key) and k == key:
-                return v
-        return None
-
-
-class Reader:
-    """A file-like view over bytes for :func:`pickletools.genops`: no copy of the whole buffer,
-    and a ``pos`` the walker may move (to skip raw array bytes written inside the stream)."""
-
-    __slots__ = ("buf", "end", "frame_end", "pos")
-
-    def __init__(self, buf: memoryview, start: int = 0, end: int | None = None) -> None:
-        self.buf = buf
-        self.pos = start
-        self.frame_end = start  # end of the current protocol-4 FRAME
-        self.end = len(buf) if end is None else end
-
-    def read(self, n: int = -1) -> bytes:
-        stop = self.end if n < 0 else min(self.end, self.pos + n)
-        out = bytes(self.buf[self.pos : stop])
-        self.pos = max(self.pos, stop)
-        return out
-
-    def readline(self) -> bytes:
-        # Lines in pickles are short (numbers, names): look close first, then up to 64 KiB.
-        for span in (256, 65536):
-            window = bytes(self.buf[self.pos : min(self.end, self.pos + span)])
-            cut = window.find(b"\n")
-            if cut >= 0:
-                break
-        line = window if cut < 0 else window[: cut + 1]
-        self.pos += len(line)
-        return line
-
-    def tell(self) -> int:
-        return self.pos
+__all__ = ["Call", "DictValue", "Global", "PickleWalk", "Reader", "walk_pickle"]
 
 
 @dataclasses.dataclass
@@ -187,7 +116,7 @@ class _Machine:
         self.walk.risky = True
         if isinstance(func, Global):
             return
-        if isinstance(func, _Opaque):
+        if isinstance(func, Opaque):
             return  # already reported (unresolved import / EXT)
         self.ctx.add(Severity.CRITICAL, "indirect-call",
                      f"{op} calls a value that is not an imported global ({type(func).__name__}"
@@ -275,13 +204,13 @@ class _Machine:
                 self.ctx.add(Severity.CRITICAL, "unresolved-import",
                              "STACK_GLOBAL takes its module or name from a value that is not a "
                              "constant string; the import cannot be judged", self._at(pos))
-                self._push(_Opaque("unresolved import"))
+                self._push(Opaque("unresolved import"))
         elif name in ("EXT1", "EXT2", "EXT4"):
             self.walk.risky = True
             self.ctx.add(Severity.CRITICAL, "ext-opcode",
                          f"{name} {arg} imports whatever the copyreg extension registry of the "
                          "loading process maps this code to; it cannot be judged", self._at(pos))
-            self._push(_Opaque("extension"))
+            self._push(Opaque("extension"))
         elif name == "REDUCE":
             args, func = self._pop(), self._pop()
             self._callee(func, name, pos)
@@ -306,9 +235,9 @@ class _Machine:
             pid = arg if name == "PERSID" else self._pop()
             self.walk.risky = True
             self.walk.persistent_ids.append(pid)
-            self._push(_Opaque("persistent id"))
+            self._push(Opaque("persistent id"))
         elif name == "NEXT_BUFFER":
-            self._push(_Opaque("out-of-band buffer"))
+            self._push(Opaque("out-of-band buffer"))
         elif name == "FRAME":
             reader.frame_end = reader.pos + int(arg)
         elif name in ("PROTO", "READONLY_BUFFER", "STOP"):
@@ -331,7 +260,7 @@ class _Machine:
             target.extend(zip(items[::2], items[1::2], strict=False))
 
     def _build(self, obj: Any, state: Any, pos: int, reader: Reader) -> None:
-        if isinstance(obj, (Global, _Opaque)):
+        if isinstance(obj, (Global, Opaque)):
             self.walk.risky = True
             self.ctx.add(Severity.CRITICAL, "build-on-global",
                          "BUILD sets attributes on an imported class or function itself, which "
@@ -383,7 +312,7 @@ def walk_pickle(buf: memoryview, start: int, ctx: ScanContext, location: str, *,
     count = 0
     last = start
     try:
-        for op, arg, pos in pickletools.genops(reader):
+        for op, arg, pos in pickletools.genops(reader):  # type: ignore[arg-type]
             last = pos if pos is not None else last
             count += 1
             if count > ctx.limits.max_opcodes:

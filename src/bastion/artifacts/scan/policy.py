@@ -188,7 +188,7 @@ _DANGEROUS_MODULES: frozenset[str] = frozenset(
         "builtins.staticmethod", "builtins.property", "builtins.print", "builtins.dir",
         "builtins.__build_class__", "builtins.__loader__", "builtins.__spec__",
         "copyreg._reconstructor.__globals__", "copyreg.add_extension", "copyreg.pickle",
-        "_operator", "_functools", "_io", "_imp", "_signal", "_socket", "_sqlite3", "_osx_support",
+        "_operator", "_functools", "_imp", "_signal", "_socket", "_sqlite3", "_osx_support",
     }
 )
 
