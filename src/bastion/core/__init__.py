@@ -1,4 +1,8 @@
-"""Foundations shared by every pillar: errors, atomic writes, results, seeding, progress."""
+"""Foundations shared by every pillar: errors, atomic writes, results, seeding, progress.
+
+Kept free of torch at import time (seeding, threat models and modes live in their own modules)
+so that the command line starts fast.
+"""
 
 from bastion.core.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from bastion.core.errors import (
@@ -11,7 +15,6 @@ from bastion.core.errors import (
     UnsafeArtifactError,
 )
 from bastion.core.results import Result, to_jsonable
-from bastion.core.seeding import seed_everything, torch_generator
 
 __all__ = [
     "ArtifactError",
@@ -25,7 +28,5 @@ __all__ = [
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
-    "seed_everything",
     "to_jsonable",
-    "torch_generator",
 ]
