@@ -8,14 +8,12 @@ and the attacks they must withstand, in one library and one command-line tool.
 'linf eps=0.3 bounds=[0, 1]'
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from bastion._version import __version__
 
-if TYPE_CHECKING:  # the names, for type checkers and IDEs; imported lazily at run time
+if _typing.TYPE_CHECKING:  # the names, for type checkers and IDEs; imported lazily at run time
     from bastion.artifacts.convert import ConversionResult, convert
     from bastion.artifacts.keys import KeyPair, generate_keypair
     from bastion.artifacts.load import load
@@ -106,11 +104,11 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bastion' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), "scan_paths" if name == "scan" else name)
+    value = getattr(_importlib.import_module(module), "scan_paths" if name == "scan" else name)
     globals()[name] = value
     return value
 
