@@ -1,0 +1,39 @@
+"""One list of every attack, run through the same checks (STYLE.md convention 13).
+
+Adding an attack = one entry in ``ATTACKS``: an id, a factory from a threat model to the attack,
+the norms it supports, and the highest accuracy it may leave on the trained digits MLP at
+eps = 0.3 (Linf) / 2.0 (L2) — a bound it must beat for the test to pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from bastion.attacks import FGSM, MIFGSM, PGD, Attack
+from bastion.core.threat import Norm, ThreatModel
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    id: str
+    make: Callable[[ThreatModel], Attack]
+    norms: tuple[Norm, ...] = (Norm.LINF, Norm.L2)
+    max_accuracy: float = 0.05  # on the trained MLP, at the harness's large eps
+    deterministic: bool = True
+
+
+ATTACKS: list[Entry] = [
+    Entry("fgsm", lambda t: FGSM(t), max_accuracy=0.5),
+    Entry("pgd", lambda t: PGD(threat=t, steps=20)),
+    Entry("pgd-margin-cosine", lambda t: PGD(threat=t, steps=20, loss="margin", schedule="cosine")),
+    Entry("pgd-restarts", lambda t: PGD(threat=t, steps=5, restarts=3)),
+    Entry("mi-fgsm", lambda t: MIFGSM(t, steps=10)),
+]
+
+LARGE_EPS = {Norm.LINF: 0.3, Norm.L2: 2.0}
+
+
+def cases() -> list[tuple[str, Entry, Norm]]:
+    """(test id, entry, norm) for every supported combination."""
+    return [(f"{e.id}-{n.value}", e, n) for e in ATTACKS for n in e.norms]
