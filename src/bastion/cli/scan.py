@@ -33,7 +33,7 @@ _SEVERITY_STYLE = {"critical": "red", "warning": "yellow", "info": "dim"}
 def _table(report: ScanReport) -> Table:
     table = Table(show_lines=True, title="bastion scan")
     table.add_column("verdict")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
     table.add_column("format")
     table.add_column("problems")
     for file in report.files:
