@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
 
@@ -41,12 +42,15 @@ def audit(
     for section in report.sections:
         console.print(f"[bold]{section.title}[/]: {section.status.value}", highlight=False)
         for file in section.files:
-            console.print(f"  {file.path} [{file.format}] verdict {file.verdict}", highlight=False)
+            console.print(f"  {file.path} ({file.format}) verdict {file.verdict}", markup=False,
+                          highlight=False)
             for check in file.checks:
                 console.print(
-                    f"    {check.name:<10} {check.status.value:<7} {check.detail}", highlight=False
+                    f"    {check.name:<10} {check.status.value:<7} {check.detail}",
+                    markup=False, highlight=False,
                 )
-    console.print(f"overall: [bold]{report.status.value}[/]; wrote {json_path} and {html_path}",
+    console.print(f"overall: [bold]{report.status.value}[/]; wrote {escape(str(json_path))} and "
+                  f"{escape(str(html_path))}",
                   highlight=False)
     if report.status.value == "fail":
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
 
@@ -45,9 +46,9 @@ def convert(
         overwrite=force,
     )
     console.print(
-        f"[green]wrote[/] {result.output}: {result.tensors} tensors, {result.nbytes:,} bytes "
+        f"[green]wrote[/] {escape(result.output)}: {result.tensors} tensors, {result.nbytes:,} bytes "
         f"({result.mode} load of a {result.verdict} file), sha256 {result.sha256}",
         highlight=False,
     )
     for item in result.skipped:
-        console.print(f"  [yellow]skipped[/] {item} (not a tensor)", highlight=False)
+        console.print(f"  [yellow]skipped[/] {escape(item)} (not a tensor)", highlight=False)

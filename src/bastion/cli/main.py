@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bastion._version import __version__
 from bastion.cli import audit as _audit
@@ -58,10 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="bastion", standalone_mode=True)
     except ConfigurationError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except BastionError as exc:
-        err.print(f"[bold red]refused:[/] {exc}", highlight=False)
+        err.print(f"[bold red]refused:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 

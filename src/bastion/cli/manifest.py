@@ -15,7 +15,7 @@ from rich.console import Console
 from bastion.artifacts.manifest import create_manifest, verify_manifest
 from bastion.core.errors import ConfigurationError
 
-_out = Console(highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def manifest(

@@ -18,7 +18,7 @@ from bastion.artifacts.sign import default_signature_path
 from bastion.artifacts.sign import sign as sign_model
 from bastion.artifacts.verify import verify as verify_model
 
-_out = Console(highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True, markup=False)
 
 _SIGNATURE_HELP = "Default: FILE.sig beside a file, DIR/model.sig inside a directory."
 
