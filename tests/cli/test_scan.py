@@ -139,3 +139,22 @@ def test_special_and_unreadable_files_are_findings(tmp_path: Path,
     kinds = {Path(f.path).name: [x.kind for x in f.findings] for f in report.files}
     assert kinds == {"fifo": ["special-file"], "locked.pt": ["unreadable"]}
     assert report.verdict is Verdict.UNKNOWN
+
+
+def test_digest_only_on_request(files: dict[str, Path], tmp_path: Path) -> None:
+    import hashlib
+
+    out = tmp_path / "r.json"
+    assert _run("scan", str(files["ok"]), "--format", "json", "-o", str(out)) == 0
+    assert json.loads(out.read_text())["files"][0]["sha256"] == ""  # the scan read pickles only
+    assert _run("scan", str(files["ok"]), "--format", "json", "-o", str(out), "--sha256") == 0
+    expected = hashlib.sha256(files["ok"].read_bytes()).hexdigest()
+    assert json.loads(out.read_text())["files"][0]["sha256"] == expected
+
+
+def test_markup_in_file_names_is_printed_verbatim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    odd = tmp_path / "[bold]model[red].pt"
+    torch.save({"w": torch.ones(1)}, odd)
+    assert _run("scan", str(odd)) == 0
+    out = capsys.readouterr().out
+    assert "[bold]" in out and "[red]" in out, "file names must not be read as rich markup"

@@ -16,6 +16,7 @@ from rich.text import Text
 from bastion.artifacts.scan import ScanReport, Verdict, render_sarif, render_text, scan_paths
 from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
 from bastion.core.errors import ConfigurationError
+from bastion.core.atomic import atomic_write_text
 
 
 class OutputFormat(str, enum.Enum):
@@ -45,14 +46,17 @@ def _table(report: ScanReport) -> Table:
             problems.append(f"{f.kind}: {f.detail}")
             if f.location:
                 problems.append(f" @ {f.location}", style="dim")
-        table.add_row(Text(file.verdict.value, style=_STYLE[file.verdict]), file.path,
-                      file.format, problems)
+        table.add_row(Text(file.verdict.value, style=_STYLE[file.verdict]), Text(file.path),
+                      Text(file.format), problems)
     return table
 
 
 _PATHS = typer.Argument(..., metavar="PATH...", help="Files or folders to scan.")
 _FORMAT = typer.Option(OutputFormat.TEXT, "--format", "-f", case_sensitive=False,
                        help="text, json or sarif.")
+_SHA256 = typer.Option(False, "--sha256",
+                       help="Also record each file's SHA-256 (reads every byte, tensor data "
+                       "included; the scan itself reads only the pickles).")
 _OUTPUT = typer.Option(None, "--output", "-o", metavar="FILE",
                        help="Write the report here instead of stdout.")
 
@@ -63,6 +67,7 @@ def scan(
     policy_file: Path | None = POLICY_OPTION,
     output_format: OutputFormat = _FORMAT,
     output: Path | None = _OUTPUT,
+    sha256: bool = _SHA256,
 ) -> None:
     """Scan model files for code before loading them (exit 0 safe, 1 unsafe/unknown, 2 usage).
 
@@ -72,7 +77,7 @@ def scan(
     if missing:
         raise ConfigurationError(f"no such file or folder: {', '.join(missing)}")
     policy = build_policy(allow, policy_file)
-    report = scan_paths(paths, policy=policy, progress=True)
+    report = scan_paths(paths, policy=policy, progress=True, digest=sha256)
     if output_format is OutputFormat.JSON:
         text = json.dumps(report.to_dict(), indent=2)
     elif output_format is OutputFormat.SARIF:
@@ -81,7 +86,7 @@ def scan(
         text = render_text(report)
     if output is not None:
         try:
-            output.write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(output, text + "\n")
         except OSError as exc:
             raise ConfigurationError(f"cannot write {output}: {exc.strerror or exc}") from None
     elif output_format is OutputFormat.TEXT:

@@ -121,7 +121,8 @@ def _problem(kind: str, detail: str) -> Finding:
 
 
 def scan_paths(paths: Sequence[str | Path], *, policy: Policy = DEFAULT_POLICY,
-               limits: ScanLimits = _DEFAULT_LIMITS, progress: bool = True) -> ScanReport:
+               limits: ScanLimits = _DEFAULT_LIMITS, progress: bool = True,
+               digest: bool = True) -> ScanReport:
     """Scan files and folders (recursively; symbolic links inside folders are reported, not
     followed; unreadable files are reported, not raised).
 
@@ -140,7 +141,7 @@ def scan_paths(paths: Sequence[str | Path], *, policy: Policy = DEFAULT_POLICY,
             reports.append(FileReport(path=str(path), format="unknown", findings=(problem,)))
             continue
         try:
-            reports.append(scan_file(path, policy=policy, limits=limits))
+            reports.append(scan_file(path, policy=policy, limits=limits, digest=digest))
         except OSError as exc:
             reports.append(FileReport(path=str(path), format="unknown", findings=(
                 _problem("unreadable", f"cannot read the file: {exc.strerror or exc}"),)))
