@@ -113,7 +113,7 @@ class PGD(Attack):
         threat = self.threat
         result = x.clone()
         found = ctx.is_adversarial(clean_logits, y, self.targeted)
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -138,11 +138,11 @@ class PGD(Attack):
                 step = self._alpha(t) * threat.ascent_direction(grad)
                 x_adv = threat.project(x_adv + step, x0)
             if idx.numel():
-                broken = ctx.is_adversarial(ctx.logits(x_adv), y0, self.targeted)
-                result[idx[broken]] = x_adv[broken]
-                found[idx[broken]] = True
-                # unbroken samples keep the last iterate: inside the ball, a valid output
-                result[idx[~broken]] = x_adv[~broken]
+                # samples not seen broken keep the last iterate (inside the ball, a valid output);
+                # whether that last step broke them matters only to the restarts still to come
+                result[idx] = x_adv
+                if restart + 1 < self.restarts:
+                    found[idx] = ctx.is_adversarial(ctx.logits(x_adv), y0, self.targeted)
         return result
 
 

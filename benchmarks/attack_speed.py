@@ -1,0 +1,218 @@
+"""Attack speed and strength, measured side by side in one run.
+
+On the demo CNN and the 1,000 MNIST-5k test samples (Linf, eps 0.3 unless --eps):
+
+(a) PGD-40 wall time over the floor of the computation: 40 forward+backward passes with respect
+    to the input on the whole batch, timed the same way (target <= 1.1). PGD runs with early stop
+    off here, so both do the same work; the early-stop time is printed too.
+(b) The same attacks in torchattacks, ART and foolbox when they are importable (the ``bench``
+    extra): robust accuracy and time ratio against bastion.
+(c) bastion's default evaluation ensemble against torchattacks' AutoAttack (standard version) on
+    the standard demo model and on a PGD adversarially trained one (trained here, seeded): robust
+    accuracy (target: no higher than AutoAttack's + 0.5 points) and time (target: at most a third).
+
+Usage: python benchmarks/attack_speed.py [--samples 1000] [--eps 0.3] [--skip-autoattack]
+       [--device cpu|cuda] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion import ThreatModel
+from bastion.attacks import FGSM, PGD
+from bastion.data import load_mnist5k
+from bastion.zoo import demo_model
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int = 1) -> tuple[float, torch.Tensor]:
+    """Best wall time of ``repeat`` runs (synchronising CUDA) and the last result."""
+    best, out = float("inf"), torch.empty(0)
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    """The irreducible work of a gradient attack: ``steps`` input gradients, nothing else."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = x.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        x = x.detach()
+    return grad
+
+
+def part_a(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device) -> None:
+    threat = ThreatModel(norm="linf", eps=eps)
+    t_floor, _ = timed(lambda: floor(model, x, y, 40), device, repeat=3)
+    full = PGD(threat=threat, steps=40, step_size=0.01, early_stop=False)
+    t_pgd, x_adv = timed(lambda: full(model, x, y), device, repeat=3)
+    early = PGD(threat=threat, steps=40, step_size=0.01)
+    t_early, x_early = timed(lambda: early(model, x, y), device, repeat=3)
+    print("(a) PGD-40 against the floor (40 input-gradient passes on the whole batch)")
+    print(f"    floor {t_floor:.3f} s | bastion PGD-40 {t_pgd:.3f} s -> ratio {t_pgd / t_floor:.3f}"
+          f" (target <= 1.1); robust accuracy {accuracy(model, x_adv, y):.3f}")
+    print(f"    with per-sample early stop: {t_early:.3f} s -> {t_early / t_floor:.3f} of the floor;"
+          f" robust accuracy {accuracy(model, x_early, y):.3f}")
+
+
+def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device) -> None:
+    threat = ThreatModel(norm="linf", eps=eps)
+    rows: list[tuple[str, str, float, float]] = []
+    ours = {
+        "FGSM": FGSM(threat),
+        "PGD-40": PGD(threat=threat, steps=40, step_size=0.01, random_start=True),
+    }
+    base: dict[str, float] = {}
+    for name, attack in ours.items():
+        t, adv = timed(lambda a=attack: a(model, x, y), device)
+        base[name] = t
+        rows.append(("bastion", name, accuracy(model, adv, y), t))
+    try:
+        import torchattacks
+
+        peers = {"FGSM": torchattacks.FGSM(model, eps=eps),
+                 "PGD-40": torchattacks.PGD(model, eps=eps, alpha=0.01, steps=40, random_start=True)}
+        for name, attack in peers.items():
+            t, adv = timed(lambda a=attack: a(x, y), device)
+            rows.append(("torchattacks", name, accuracy(model, adv, y), t))
+    except ImportError:
+        print("    torchattacks: not installed")
+    try:
+        import numpy as np
+        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0),
+                                device_type="gpu" if device.type == "cuda" else "cpu")
+        xn, yn = x.cpu().numpy(), y.cpu().numpy()
+        peers_art = {"FGSM": FastGradientMethod(clf, eps=eps, batch_size=len(xn)),
+                     "PGD-40": ProjectedGradientDescent(clf, eps=eps, eps_step=0.01, max_iter=40,
+                                                        batch_size=len(xn), verbose=False)}
+        for name, attack in peers_art.items():
+            t, adv = timed(lambda a=attack: torch.from_numpy(a.generate(xn)), device)
+            acc = float((clf.predict(adv.numpy()).argmax(1) == yn).mean())
+            rows.append(("ART", name, acc, t))
+        del np
+    except ImportError:
+        print("    ART: not installed")
+    try:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        peers_fb = {"FGSM": fb.attacks.FGSM(),
+                    "PGD-40": fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True)}
+        for name, attack in peers_fb.items():
+            t, adv = timed(lambda a=attack: a(fmodel, x, y, epsilons=eps)[1], device)
+            rows.append(("foolbox", name, accuracy(model, adv, y), t))
+    except ImportError:
+        print("    foolbox: not installed")
+    print("(b) the same attacks in peer libraries")
+    print(f"    {'library':<13}{'attack':<8}{'robust acc':>11}{'seconds':>10}{'x bastion':>11}")
+    for lib, name, acc, t in rows:
+        print(f"    {lib:<13}{name:<8}{acc:>11.3f}{t:>10.3f}{t / base[name]:>11.2f}")
+
+
+def adversarially_trained(x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device,
+                          epochs: int) -> nn.Module:
+    """PGD-10 adversarial training (Madry et al.) of the demo architecture, seeded."""
+    from bastion.zoo import DemoCNN
+
+    torch.manual_seed(0)
+    model = DemoCNN().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    attack = PGD(threat=ThreatModel(norm="linf", eps=eps), steps=10, step_size=eps / 4,
+                 early_stop=False)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        warm = min(1.0, (epoch + 1) / max(1, epochs // 3))  # eps warm-up
+        attack_e = PGD(threat=ThreatModel(norm="linf", eps=eps * warm), steps=10,
+                       step_size=eps * warm / 4, early_stop=False)
+        perm = torch.randperm(x.shape[0], generator=gen).to(device)
+        for i in range(0, x.shape[0], 100):
+            idx = perm[i : i + 100]
+            x_adv = attack_e(model, x[idx], y[idx])
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(x_adv), y[idx]).backward()
+            opt.step()
+    del attack
+    return model.eval()
+
+
+def part_c(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device,
+           x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> None:
+    from bastion.evaluate import robustness
+
+    try:
+        import torchattacks
+    except ImportError:
+        print("(c) torchattacks not installed: AutoAttack comparison skipped")
+        return
+    t0 = time.perf_counter()
+    robust_model = adversarially_trained(x_train, y_train, eps, device, epochs)
+    print(f"(c) default ensemble vs torchattacks AutoAttack (standard); adversarially trained model"
+          f" built in {time.perf_counter() - t0:.0f} s ({epochs} epochs PGD-10)")
+    threat = ThreatModel(norm="linf", eps=eps)
+    for label, net in (("standard", model), ("PGD-trained", robust_model)):
+        t_ours, result = timed(lambda n=net: robustness(n, (x, y), threat, progress=False,  # type: ignore[misc]
+                                                        sanity=False), device)
+        aa = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        t_aa, adv = timed(lambda a=aa: a(x, y), device)
+        acc_aa = accuracy(net, adv, y)
+        ours = result.robust_accuracy  # type: ignore[attr-defined]
+        print(f"    {label:<12} clean {accuracy(net, x, y):.3f} | bastion {ours:.3f} in {t_ours:.1f} s"
+              f" | AutoAttack {acc_aa:.3f} in {t_aa:.1f} s | diff {100 * (ours - acc_aa):+.1f} pts"
+              f" (target <= +0.5), time ratio {t_ours / t_aa:.2f} (target <= 0.33)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--skip-autoattack", action="store_true")
+    parser.add_argument("--at-epochs", type=int, default=12)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    data = load_mnist5k()
+    x, y = data.x_test[: args.samples].to(device), data.y_test[: args.samples].to(device)
+    model = demo_model().to(device).eval()
+    print(f"# attack_speed on {device} ({platform.machine()}, {torch.get_num_threads()} threads),"
+          f" torch {torch.__version__}, {x.shape[0]} samples, Linf eps {args.eps}")
+    print(f"clean accuracy {accuracy(model, x, y):.3f}")
+    part_a(model, x, y, args.eps, device)
+    part_b(model, x, y, args.eps, device)
+    if not args.skip_autoattack:
+        part_c(model, x, y, args.eps, device, data.x_train.to(device), data.y_train.to(device),
+               args.at_epochs)
+
+
+if __name__ == "__main__":
+    main()
