@@ -32,7 +32,9 @@ from bastion.data import load_mnist5k
 from bastion.zoo import demo_model
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int = 1) -> tuple[float, torch.Tensor]:
+def timed(
+    fn: Callable[[], torch.Tensor], device: torch.device, repeat: int = 1
+) -> tuple[float, torch.Tensor]:
     """Best wall time of ``repeat`` runs (synchronising CUDA) and the last result."""
     best, out = float("inf"), torch.empty(0)
     for _ in range(repeat):
@@ -64,7 +66,9 @@ def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> tor
     return grad
 
 
-def part_a(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device) -> None:
+def part_a(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device
+) -> None:
     threat = ThreatModel(norm="linf", eps=eps)
     t_floor, _ = timed(lambda: floor(model, x, y, 40), device, repeat=3)
     full = PGD(threat=threat, steps=40, step_size=0.01, early_stop=False)
@@ -72,13 +76,19 @@ def part_a(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
     early = PGD(threat=threat, steps=40, step_size=0.01)
     t_early, x_early = timed(lambda: early(model, x, y), device, repeat=3)
     print("(a) PGD-40 against the floor (40 input-gradient passes on the whole batch)")
-    print(f"    floor {t_floor:.3f} s | bastion PGD-40 {t_pgd:.3f} s -> ratio {t_pgd / t_floor:.3f}"
-          f" (target <= 1.1); robust accuracy {accuracy(model, x_adv, y):.3f}")
-    print(f"    with per-sample early stop: {t_early:.3f} s -> {t_early / t_floor:.3f} of the floor;"
-          f" robust accuracy {accuracy(model, x_early, y):.3f}")
+    print(
+        f"    floor {t_floor:.3f} s | bastion PGD-40 {t_pgd:.3f} s -> ratio {t_pgd / t_floor:.3f}"
+        f" (target <= 1.1); robust accuracy {accuracy(model, x_adv, y):.3f}"
+    )
+    print(
+        f"    with per-sample early stop: {t_early:.3f} s -> {t_early / t_floor:.3f} of the floor;"
+        f" robust accuracy {accuracy(model, x_early, y):.3f}"
+    )
 
 
-def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device) -> None:
+def part_b(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device
+) -> None:
     threat = ThreatModel(norm="linf", eps=eps)
     rows: list[tuple[str, str, float, float]] = []
     ours = {
@@ -93,8 +103,10 @@ def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
     try:
         import torchattacks
 
-        peers = {"FGSM": torchattacks.FGSM(model, eps=eps),
-                 "PGD-40": torchattacks.PGD(model, eps=eps, alpha=0.01, steps=40, random_start=True)}
+        peers = {
+            "FGSM": torchattacks.FGSM(model, eps=eps),
+            "PGD-40": torchattacks.PGD(model, eps=eps, alpha=0.01, steps=40, random_start=True),
+        }
         for name, attack in peers.items():
             t, adv = timed(lambda a=attack: a(x, y), device)
             rows.append(("torchattacks", name, accuracy(model, adv, y), t))
@@ -105,13 +117,21 @@ def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
 
-        clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                nb_classes=10, clip_values=(0.0, 1.0),
-                                device_type="gpu" if device.type == "cuda" else "cpu")
+        clf = PyTorchClassifier(
+            model=model,
+            loss=nn.CrossEntropyLoss(),
+            input_shape=tuple(x.shape[1:]),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            device_type="gpu" if device.type == "cuda" else "cpu",
+        )
         xn, yn = x.cpu().numpy(), y.cpu().numpy()
-        peers_art = {"FGSM": FastGradientMethod(clf, eps=eps, batch_size=len(xn)),
-                     "PGD-40": ProjectedGradientDescent(clf, eps=eps, eps_step=0.01, max_iter=40,
-                                                        batch_size=len(xn), verbose=False)}
+        peers_art = {
+            "FGSM": FastGradientMethod(clf, eps=eps, batch_size=len(xn)),
+            "PGD-40": ProjectedGradientDescent(
+                clf, eps=eps, eps_step=0.01, max_iter=40, batch_size=len(xn), verbose=False
+            ),
+        }
         for name, attack in peers_art.items():
             t, adv = timed(lambda a=attack: torch.from_numpy(a.generate(xn)), device)
             acc = float((clf.predict(adv.numpy()).argmax(1) == yn).mean())
@@ -123,8 +143,10 @@ def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
         import foolbox as fb
 
         fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-        peers_fb = {"FGSM": fb.attacks.FGSM(),
-                    "PGD-40": fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True)}
+        peers_fb = {
+            "FGSM": fb.attacks.FGSM(),
+            "PGD-40": fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=True),
+        }
         for name, attack in peers_fb.items():
             t, adv = timed(lambda a=attack: a(fmodel, x, y, epsilons=eps)[1], device)
             rows.append(("foolbox", name, accuracy(model, adv, y), t))
@@ -136,21 +158,27 @@ def part_b(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
         print(f"    {lib:<13}{name:<8}{acc:>11.3f}{t:>10.3f}{t / base[name]:>11.2f}")
 
 
-def adversarially_trained(x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device,
-                          epochs: int) -> nn.Module:
+def adversarially_trained(
+    x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device, epochs: int
+) -> nn.Module:
     """PGD-10 adversarial training (Madry et al.) of the demo architecture, seeded."""
     from bastion.zoo import DemoCNN
 
     torch.manual_seed(0)
     model = DemoCNN().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    attack = PGD(threat=ThreatModel(norm="linf", eps=eps), steps=10, step_size=eps / 4,
-                 early_stop=False)
+    attack = PGD(
+        threat=ThreatModel(norm="linf", eps=eps), steps=10, step_size=eps / 4, early_stop=False
+    )
     gen = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
         warm = min(1.0, (epoch + 1) / max(1, epochs // 3))  # eps warm-up
-        attack_e = PGD(threat=ThreatModel(norm="linf", eps=eps * warm), steps=10,
-                       step_size=eps * warm / 4, early_stop=False)
+        attack_e = PGD(
+            threat=ThreatModel(norm="linf", eps=eps * warm),
+            steps=10,
+            step_size=eps * warm / 4,
+            early_stop=False,
+        )
         perm = torch.randperm(x.shape[0], generator=gen).to(device)
         for i in range(0, x.shape[0], 100):
             idx = perm[i : i + 100]
@@ -163,8 +191,16 @@ def adversarially_trained(x: torch.Tensor, y: torch.Tensor, eps: float, device: 
     return model.eval()
 
 
-def part_c(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device,
-           x_train: torch.Tensor, y_train: torch.Tensor, epochs: int) -> None:
+def part_c(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    device: torch.device,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    epochs: int,
+) -> None:
     from bastion.evaluate import robustness
 
     try:
@@ -174,19 +210,34 @@ def part_c(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, devic
         return
     t0 = time.perf_counter()
     robust_model = adversarially_trained(x_train, y_train, eps, device, epochs)
-    print(f"(c) default ensemble vs torchattacks AutoAttack (standard); adversarially trained model"
-          f" built in {time.perf_counter() - t0:.0f} s ({epochs} epochs PGD-10)")
+    print(
+        f"(c) default ensemble vs torchattacks AutoAttack (standard); adversarially trained model"
+        f" built in {time.perf_counter() - t0:.0f} s ({epochs} epochs PGD-10)"
+    )
     threat = ThreatModel(norm="linf", eps=eps)
     for label, net in (("standard", model), ("PGD-trained", robust_model)):
-        t_ours, result = timed(lambda n=net: robustness(n, (x, y), threat, progress=False,  # type: ignore[misc]
-                                                        sanity=False), device)
-        aa = torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        t_ours, result = timed(
+            lambda n=net: robustness(
+                n,
+                (x, y),
+                threat,
+                progress=False,  # type: ignore[misc]
+                sanity=False,
+            ),
+            device,
+        )
+        aa = torchattacks.AutoAttack(
+            net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0
+        )
         t_aa, adv = timed(lambda a=aa: a(x, y), device)
         acc_aa = accuracy(net, adv, y)
         ours = result.robust_accuracy  # type: ignore[attr-defined]
-        print(f"    {label:<12} clean {accuracy(net, x, y):.3f} | bastion {ours:.3f} in {t_ours:.1f} s"
-              f" | AutoAttack {acc_aa:.3f} in {t_aa:.1f} s | diff {100 * (ours - acc_aa):+.1f} pts"
-              f" (target <= +0.5), time ratio {t_ours / t_aa:.2f} (target <= 0.33)")
+        print(
+            f"    {label:<12} clean {accuracy(net, x, y):.3f} | bastion {ours:.3f}"
+            f" in {t_ours:.1f} s"
+            f" | AutoAttack {acc_aa:.3f} in {t_aa:.1f} s | diff {100 * (ours - acc_aa):+.1f} pts"
+            f" (target <= +0.5), time ratio {t_ours / t_aa:.2f} (target <= 0.33)"
+        )
 
 
 def main() -> None:
@@ -204,14 +255,24 @@ def main() -> None:
     data = load_mnist5k()
     x, y = data.x_test[: args.samples].to(device), data.y_test[: args.samples].to(device)
     model = demo_model().to(device).eval()
-    print(f"# attack_speed on {device} ({platform.machine()}, {torch.get_num_threads()} threads),"
-          f" torch {torch.__version__}, {x.shape[0]} samples, Linf eps {args.eps}")
+    print(
+        f"# attack_speed on {device} ({platform.machine()}, {torch.get_num_threads()} threads),"
+        f" torch {torch.__version__}, {x.shape[0]} samples, Linf eps {args.eps}"
+    )
     print(f"clean accuracy {accuracy(model, x, y):.3f}")
     part_a(model, x, y, args.eps, device)
     part_b(model, x, y, args.eps, device)
     if not args.skip_autoattack:
-        part_c(model, x, y, args.eps, device, data.x_train.to(device), data.y_train.to(device),
-               args.at_epochs)
+        part_c(
+            model,
+            x,
+            y,
+            args.eps,
+            device,
+            data.x_train.to(device),
+            data.y_train.to(device),
+            args.at_epochs,
+        )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def test_torch_checkpoint_loads_like_torch_load(tmp_path: Path, legacy: bool) ->
     got = bastion.load(path)
     assert deep_equal(expected, got)
     # views share their storage exactly as torch.load rebuilds them
-    assert got["view"].untyped_storage().data_ptr() == got["transposed"].untyped_storage().data_ptr()
+    assert (
+        got["view"].untyped_storage().data_ptr() == got["transposed"].untyped_storage().data_ptr()
+    )
 
 
 def test_numpy_joblib_pickle_and_safetensors_load(tmp_path: Path) -> None:
@@ -157,8 +159,9 @@ def test_signature_is_checked_on_the_bytes(tmp_path: Path) -> None:
     keys = generate_keypair(tmp_path / "k.pem")
     other = generate_keypair(tmp_path / "other.pem")
     sig = sign(path, keys.private_key)
-    assert torch.equal(bastion.load(path, signature=sig, public_keys=keys.public_key)["w"],
-                       torch.ones(2))
+    assert torch.equal(
+        bastion.load(path, signature=sig, public_keys=keys.public_key)["w"], torch.ones(2)
+    )
     with pytest.raises(bastion.SignatureError):
         bastion.load(path, signature=sig, public_keys=other.public_key)
     with pytest.raises(bastion.ConfigurationError):

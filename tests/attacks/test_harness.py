@@ -23,8 +23,11 @@ def _small_model(seed: int, classes: int = 4) -> nn.Module:
 
 
 @pytest.mark.parametrize(("case_id", "entry", "norm"), CASES, ids=IDS)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     seed=st.integers(0, 2**16),
     eps=st.floats(0.0, 1.5),
@@ -33,7 +36,13 @@ def _small_model(seed: int, classes: int = 4) -> nn.Module:
     batch=st.integers(1, 6),
 )
 def test_output_stays_in_ball_and_bounds(
-    case_id: str, entry: Entry, norm: Norm, seed: int, eps: float, lo: float, width: float,
+    case_id: str,
+    entry: Entry,
+    norm: Norm,
+    seed: int,
+    eps: float,
+    lo: float,
+    width: float,
     batch: int,
 ) -> None:
     threat = ThreatModel(norm=norm, eps=eps, bounds=(lo, lo + width))
@@ -61,8 +70,9 @@ def test_attack_lowers_accuracy_of_a_trained_model(case_id: str, entry: Entry, n
 
 @pytest.mark.parametrize(("case_id", "entry", "norm"), CASES, ids=IDS)
 def test_modes_and_parameters_are_restored(case_id: str, entry: Entry, norm: Norm) -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Dropout(0.5),
-                          nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 4)
+    )
     model.train()
     model[4].eval()  # a mixed state must come back exactly as it was
     model[1].weight.requires_grad_(False)
@@ -89,7 +99,9 @@ def test_seeded_and_reproducible(case_id: str, entry: Entry, norm: Norm) -> None
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize(("case_id", "entry", "norm"), CASES[:1] + CASES[-1:], ids=[IDS[0], IDS[-1]])
+@pytest.mark.parametrize(
+    ("case_id", "entry", "norm"), CASES[:1] + CASES[-1:], ids=[IDS[0], IDS[-1]]
+)
 def test_invalid_arguments_say_what_to_fix(case_id: str, entry: Entry, norm: Norm) -> None:
     model = _small_model(0)
     attack = entry.make(ThreatModel(norm=norm, eps=0.1))

@@ -62,8 +62,9 @@ def test_bad_policy_file_is_a_usage_error(files: dict[str, Path], tmp_path: Path
 
 def test_json_output_shape(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    assert _run("scan", str(files["bad"]), str(files["ok"]), "--format", "json",
-                "-o", str(out)) == 1
+    assert (
+        _run("scan", str(files["bad"]), str(files["ok"]), "--format", "json", "-o", str(out)) == 1
+    )
     data = json.loads(out.read_text())
     assert {"files", "summary"} <= set(data)
     assert data["summary"]["unsafe"] == 1 and data["summary"]["safe"] == 1
@@ -74,13 +75,21 @@ def test_json_output_shape(files: dict[str, Path], tmp_path: Path) -> None:
     finding = bad["findings"][0]
     assert set(finding) == {"severity", "kind", "module", "name", "detail", "location"}
     assert (finding["severity"], finding["kind"], finding["module"], finding["name"]) == (
-        "critical", "dangerous-import", "posix", "system")
+        "critical",
+        "dangerous-import",
+        "posix",
+        "system",
+    )
 
 
 def test_sarif_output_is_structurally_valid(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "report.sarif"
-    assert _run("scan", str(files["bad"]), str(files["user"]), "--format", "sarif",
-                "--output", str(out)) == 1
+    assert (
+        _run(
+            "scan", str(files["bad"]), str(files["user"]), "--format", "sarif", "--output", str(out)
+        )
+        == 1
+    )
     log = json.loads(out.read_text())
     assert log["version"] == "2.1.0" and "sarif" in log["$schema"]
     (run,) = log["runs"]
@@ -99,8 +108,9 @@ def test_sarif_output_is_structurally_valid(files: dict[str, Path], tmp_path: Pa
     assert levels == {"error", "warning"}
 
 
-def test_text_output_names_the_problem(files: dict[str, Path],
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_output_names_the_problem(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _run("scan", str(files["bad"]), "--format", "text") == 1
     out = capsys.readouterr().out
     assert "unsafe" in out and "posix.system" in out
@@ -119,8 +129,9 @@ def test_directory_scan_reports_symlink_and_unreadable(tmp_path: Path) -> None:
     assert kinds["a.pkl"] == []
 
 
-def test_special_and_unreadable_files_are_findings(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_special_and_unreadable_files_are_findings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     from bastion.artifacts.scan import Verdict, api, scan_paths
@@ -152,7 +163,9 @@ def test_digest_only_on_request(files: dict[str, Path], tmp_path: Path) -> None:
     assert json.loads(out.read_text())["files"][0]["sha256"] == expected
 
 
-def test_markup_in_file_names_is_printed_verbatim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_markup_in_file_names_is_printed_verbatim(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     odd = tmp_path / "[bold]model[red].pt"
     torch.save({"w": torch.ones(1)}, odd)
     assert _run("scan", str(odd)) == 0

@@ -36,7 +36,9 @@ def _dtype_of(storage_type: Any) -> torch.dtype:
 
 
 def _typed(untyped: torch.UntypedStorage, dtype: torch.dtype) -> torch.storage.TypedStorage:
-    return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+    return torch.storage.TypedStorage(  # type: ignore[no-untyped-call]
+        wrap_storage=untyped, dtype=dtype, _internal=True
+    )
 
 
 def _archive_members(listing: ZipListing) -> tuple[str, dict[str, ZipMember]]:
@@ -92,10 +94,10 @@ def load_torch_zip(data: bytes | memoryview, *, policy: Policy, limit: int) -> A
             )
         raw = read_member(data, member, limit=limit, length=nbytes)
         untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if nbytes else (
-            torch.UntypedStorage(0)
+            torch.UntypedStorage(0)  # type: ignore[no-untyped-call]
         )
         if byteorder != sys.byteorder:
-            untyped.byteswap(dtype)
+            untyped.byteswap(dtype)  # type: ignore[no-untyped-call]
         storages[key] = _typed(untyped, dtype)
         return storages[key]
 
@@ -138,7 +140,7 @@ def load_torch_legacy(data: bytes | memoryview, *, policy: Policy) -> Any:
             budget[0] -= numel * esize
             if budget[0] < 0:
                 raise UnsafeArtifactError("legacy file declares more storage than it contains")
-            roots[root_key] = torch.UntypedStorage(numel * esize)
+            roots[root_key] = torch.UntypedStorage(numel * esize)  # type: ignore[no-untyped-call]
             element_sizes[root_key] = esize
         root = roots[root_key]
         if view is None:

@@ -54,7 +54,7 @@ def convert(
     signature: str | Path | None = None,
     public_keys: str | Path | Sequence[str | Path] | None = None,
     sha256: str | None = None,
-    limits: IsolationLimits = IsolationLimits(),
+    limits: IsolationLimits | None = None,
     overwrite: bool = False,
 ) -> ConversionResult:
     """Convert ``source`` (torch, pickle, joblib, npy/npz) to a safetensors file at ``output``.
@@ -94,7 +94,7 @@ def convert(
         )
         mode = "restricted"
     elif report.verdict is Verdict.UNKNOWN and isolated:
-        tensors, metadata = load_isolated(data, report.format, limits=limits)
+        tensors, metadata = load_isolated(data, report.format, limits=limits or IsolationLimits())
         skipped = json.loads(metadata.pop("bastion.skipped", "[]"))
         mode = "isolated"
     else:

@@ -69,12 +69,13 @@ def _limit(cpu: int, memory: int) -> None:  # runs in the child before exec
 
 
 def load_isolated(
-    data: bytes, fmt: str, *, limits: IsolationLimits = IsolationLimits()
+    data: bytes, fmt: str, *, limits: IsolationLimits | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Unpickle ``data`` (format ``fmt``) in a limited child; return its tensors and metadata."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
+    limits = limits or IsolationLimits()
     memory = limits.memory_bytes or (4 << 30) + 8 * len(data)
     with tempfile.TemporaryDirectory(prefix="bastion-isolated-") as tmp:
         source = Path(tmp) / "input.bin"

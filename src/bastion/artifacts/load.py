@@ -132,10 +132,7 @@ def read_verified(
     return data
 
 
-
-def load_bytes(
-    data: bytes, *, path: str = "<bytes>", policy: Policy | None = None
-) -> Any:
+def load_bytes(data: bytes, *, path: str = "<bytes>", policy: Policy | None = None) -> Any:
     """Scan ``data`` and, if it is safe, deserialize it under the same policy."""
     policy = policy or DEFAULT_POLICY
     report = scan_bytes(data, path=path, policy=policy, limits=ScanLimits())
@@ -159,7 +156,9 @@ def _refusal(report: FileReport) -> str:
     problems = report.problems
     lines = [f"{report.path}: scan verdict is {report.verdict.value}; refusing to load"]
     for finding in problems[:5]:
-        lines.append(f"  - [{finding.severity}] {finding.kind}: {finding.detail} ({finding.location})")
+        lines.append(
+            f"  - [{finding.severity}] {finding.kind}: {finding.detail} ({finding.location})"
+        )
     if len(problems) > 5:
         lines.append(f"  ... and {len(problems) - 5} more (run `bastion scan {report.path}`)")
     return "\n".join(lines)
@@ -203,7 +202,8 @@ def _load_npy(data: bytes, policy: Policy) -> np.ndarray[Any, Any]:
         shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
     if not dtype.hasobject:
         stream.seek(0)
-        return np.load(stream, allow_pickle=False)
+        plain: np.ndarray[Any, Any] = np.load(stream, allow_pickle=False)
+        return plain
     array = RestrictedUnpickler(stream, policy=policy).load()
     if not isinstance(array, np.ndarray) or array.shape != tuple(shape):
         raise UnsafeArtifactError("object array pickle does not hold the declared array")

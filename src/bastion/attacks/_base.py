@@ -68,7 +68,8 @@ class AttackContext:
         """Logits of ``x`` without building a graph (float32 whatever the autocast dtype)."""
         self.stats.forward += x.shape[0]
         with torch.no_grad(), self._precision(x):
-            return self.model(x).float()
+            logits: torch.Tensor = self.model(x)
+        return logits.float()
 
     def logits_and_grad(
         self, x: torch.Tensor, loss_fn: LossFn, y: torch.Tensor
@@ -125,7 +126,9 @@ class Attack(abc.ABC):
         if self.targeted and not self.supports_targeted:
             raise ConfigurationError(f"{self.name} has no targeted version")
         if self.autocast not in (None, torch.bfloat16, torch.float16):
-            raise ConfigurationError(f"autocast must be None, bfloat16 or float16, got {self.autocast}")
+            raise ConfigurationError(
+                f"autocast must be None, bfloat16 or float16, got {self.autocast}"
+            )
 
     def params(self) -> dict[str, Any]:
         """Hyperparameters for reports (threat model excluded: it is reported on its own)."""
@@ -162,8 +165,12 @@ class Attack(abc.ABC):
             if x.shape[0] == 0:
                 return x.to(origin), stats
             ctx = AttackContext(
-                model, threat=self.threat, generator=generator, autocast=self.autocast,
-                stats=stats, num_classes=0,
+                model,
+                threat=self.threat,
+                generator=generator,
+                autocast=self.autocast,
+                stats=stats,
+                num_classes=0,
             )
             logits = ctx.logits(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
@@ -187,8 +194,8 @@ class Attack(abc.ABC):
 
 
 def _device_of(model: nn.Module, x: torch.Tensor) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return x.device

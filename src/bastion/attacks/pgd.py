@@ -133,7 +133,9 @@ class PGD(Attack):
                         break
                 if self.momentum:
                     l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12)
-                    velocity = self.momentum * velocity + grad / l1.view(-1, *[1] * (grad.dim() - 1))
+                    velocity = self.momentum * velocity + grad / l1.view(
+                        -1, *[1] * (grad.dim() - 1)
+                    )
                     grad = velocity
                 step = self._alpha(t) * threat.ascent_direction(grad)
                 x_adv = threat.project(x_adv + step, x0)
@@ -151,15 +153,30 @@ def FGSM(threat: ThreatModel, **kwargs: object) -> PGD:  # noqa: N802 - named co
 
     (For L2 the step is eps along the normalised gradient: the "fast gradient method".)
     """
-    params: dict[str, object] = {"steps": 1, "step_size": threat.eps, "random_start": False,
-                                 "label": "fgsm", **kwargs}
+    params: dict[str, object] = {
+        "steps": 1,
+        "step_size": threat.eps,
+        "random_start": False,
+        "label": "fgsm",
+        **kwargs,
+    }
     return PGD(threat=threat, **params)  # type: ignore[arg-type]
 
 
-def MIFGSM(threat: ThreatModel, *, steps: int = 10, momentum: float = 1.0,  # noqa: N802
-           **kwargs: object) -> PGD:
+def MIFGSM(
+    threat: ThreatModel,
+    *,
+    steps: int = 10,
+    momentum: float = 1.0,  # noqa: N802
+    **kwargs: object,
+) -> PGD:
     """Momentum iterative FGSM: ``steps`` steps of eps/steps along the sign of the momentum."""
-    params: dict[str, object] = {"steps": steps, "step_size": threat.eps / steps,
-                                 "random_start": False, "momentum": momentum,
-                                 "label": "mi-fgsm", **kwargs}
+    params: dict[str, object] = {
+        "steps": steps,
+        "step_size": threat.eps / steps,
+        "random_start": False,
+        "momentum": momentum,
+        "label": "mi-fgsm",
+        **kwargs,
+    }
     return PGD(threat=threat, **params)  # type: ignore[arg-type]

@@ -113,7 +113,7 @@ def run_audit(
         demo = prepare_demo(Path(workdir) / "demo", cache_dir=cache_dir)
         files = tuple(
             audit_model_file(path, policy=policy, signature=sig, public_keys=demo.public_key)
-            for path, sig in zip(demo.files, demo.signatures)
+            for path, sig in zip(demo.files, demo.signatures, strict=True)
         )
         subject, info = "bundled demo (DemoCNN on MNIST 5k)", demo.info
     else:
@@ -121,8 +121,9 @@ def run_audit(
         if not path.is_file():
             raise ConfigurationError(f"--model {path}: no such file")
         files = (
-            audit_model_file(path, policy=policy, signature=signature,
-                             public_keys=public_keys, sha256=sha256),
+            audit_model_file(
+                path, policy=policy, signature=signature, public_keys=public_keys, sha256=sha256
+            ),
         )
         subject, info = str(path), {}
     section = ModelFileSection(files=files, advice=tuple(_advice(files)))

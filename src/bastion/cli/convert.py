@@ -11,7 +11,9 @@ from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, conso
 
 
 def convert(
-    source: Path = typer.Argument(..., help="Checkpoint to convert (torch, pickle, joblib, npy/npz)."),
+    source: Path = typer.Argument(
+        ..., help="Checkpoint to convert (torch, pickle, joblib, npy/npz)."
+    ),
     output: Path = typer.Argument(..., help="Safetensors file to write."),
     isolated: bool = typer.Option(
         False,
@@ -46,8 +48,9 @@ def convert(
         overwrite=force,
     )
     console.print(
-        f"[green]wrote[/] {escape(result.output)}: {result.tensors} tensors, {result.nbytes:,} bytes "
-        f"({result.mode} load of a {result.verdict} file), sha256 {result.sha256}",
+        f"[green]wrote[/] {escape(result.output)}: {result.tensors} tensors, "
+        f"{result.nbytes:,} bytes ({result.mode} load of a {result.verdict} file), "
+        f"sha256 {result.sha256}",
         highlight=False,
     )
     for item in result.skipped:

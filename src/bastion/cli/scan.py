@@ -15,8 +15,8 @@ from rich.text import Text
 
 from bastion.artifacts.scan import ScanReport, Verdict, render_sarif, render_text, scan_paths
 from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
-from bastion.core.errors import ConfigurationError
 from bastion.core.atomic import atomic_write_text
+from bastion.core.errors import ConfigurationError
 
 
 class OutputFormat(str, enum.Enum):

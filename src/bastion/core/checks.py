@@ -16,7 +16,9 @@ def check_batch(x: object, y: object, *, num_classes: int | None = None) -> None
             f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}"
         )
     if x.dim() < 2:
-        raise InputValidationError(f"x must be a batch (B, ...) with B first, got shape {tuple(x.shape)}")
+        raise InputValidationError(
+            f"x must be a batch (B, ...) with B first, got shape {tuple(x.shape)}"
+        )
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise InputValidationError(
             f"y must have shape ({x.shape[0]},) to match x {tuple(x.shape)}, got {tuple(y.shape)}"

@@ -28,7 +28,7 @@ class Norm(enum.Enum):
 
     @classmethod
     def parse(cls, value: Norm | str) -> Norm:
-        """Accept ``Norm`` members and the usual spellings (``"linf"``, ``"Linf"``, ``"inf"``, ``"l2"``, ``"2"``)."""
+        """Accept ``Norm`` members and the usual spellings: linf, Linf, inf, l2, 2."""
         if isinstance(value, Norm):
             return value
         text = str(value).strip().lower().replace("_", "").replace("-", "")
@@ -96,7 +96,8 @@ class ThreatModel:
         flat = delta.flatten(1)
         if self.norm is Norm.LINF:
             return flat.abs().amax(dim=1)
-        return flat.norm(p=2, dim=1)
+        norms: torch.Tensor = torch.linalg.vector_norm(flat, ord=2, dim=1)
+        return norms
 
     def project(
         self, x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | float | None = None
@@ -119,7 +120,9 @@ class ThreatModel:
         return (x + delta).clamp(*self.bounds)
 
     def random_start(
-        self, x: torch.Tensor, generator: torch.Generator | None = None,
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
         eps: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """A uniformly random point of the ball around each input (then clipped to bounds)."""
