@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from bastion.attacks import FGSM, MIFGSM, PGD, Attack
+from bastion.attacks import APGD, APGDT, FGSM, MIFGSM, PGD, Attack, Square
 from bastion.core.threat import Norm, ThreatModel
 
 
@@ -29,6 +29,10 @@ ATTACKS: list[Entry] = [
     Entry("pgd-margin-cosine", lambda t: PGD(threat=t, steps=20, loss="margin", schedule="cosine")),
     Entry("pgd-restarts", lambda t: PGD(threat=t, steps=5, restarts=3)),
     Entry("mi-fgsm", lambda t: MIFGSM(t, steps=10)),
+    Entry("apgd-ce", lambda t: APGD(threat=t, steps=20)),
+    Entry("apgd-dlr", lambda t: APGD(threat=t, steps=20, loss="dlr"), norms=(Norm.LINF,)),
+    Entry("apgd-t", lambda t: APGDT(t, targets=3, steps=10)),
+    Entry("square", lambda t: Square(threat=t, queries=200), max_accuracy=0.1),
 ]
 
 LARGE_EPS = {Norm.LINF: 0.3, Norm.L2: 2.0}

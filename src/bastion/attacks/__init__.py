@@ -7,9 +7,13 @@ parameters as it found them (see :mod:`bastion.attacks._base`).
 
 from bastion.attacks._base import Attack, AttackStats
 from bastion.attacks._loss import Loss
+from bastion.attacks.apgd import APGD, APGDT
 from bastion.attacks.pgd import FGSM, MIFGSM, PGD, Schedule
+from bastion.attacks.square import Square
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "FGSM",
     "MIFGSM",
     "PGD",
@@ -17,4 +21,5 @@ __all__ = [
     "AttackStats",
     "Loss",
     "Schedule",
+    "Square",
 ]
