@@ -1,0 +1,241 @@
+"""Checks of a model's outputs after inference: nothing implausible leaves unnoticed.
+
+:class:`OutputChecker` looks at a batch of classifier outputs ``(B, C)`` and flags, per sample:
+non-finite values, values outside a declared range, rows off the probability simplex (when
+probabilities are expected) and predictions with low confidence (top-1 probability) or low
+margin (top-1 minus top-2 probability; softmax of the logits when logits are expected).
+Batch-level problems (wrong rank, wrong class count) are reported, not raised: a check never
+crashes the service that calls it.
+
+Example:
+    >>> import torch
+    >>> checker = OutputChecker(3, min_confidence=0.6)
+    >>> report = checker.check(torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.9], [float("nan"), 0, 0]]))
+    >>> report.predictions.tolist(), report.low_confidence.tolist(), report.non_finite.tolist()
+    ([0, 0, -1], [False, True, False], [False, False, True])
+    >>> report.counts
+    {'non_finite': 1, 'out_of_range': 0, 'off_simplex': 0, 'low_confidence': 1, 'low_margin': 1}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bastion.core.errors import ConfigurationError
+from bastion.core.results import Result, to_jsonable
+
+__all__ = ["OutputChecker", "OutputKind", "OutputReport"]
+
+_FLAGS = ("non_finite", "out_of_range", "off_simplex", "low_confidence", "low_margin")
+
+
+class OutputKind(str, enum.Enum):
+    """What a model's outputs are: raw logits or probabilities."""
+
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"
+
+    @classmethod
+    def parse(cls, value: str | OutputKind) -> OutputKind:
+        """The kind named ``value``: ``"logits"`` or ``"probabilities"``."""
+        if isinstance(value, cls):
+            return value
+        for member in cls:
+            if isinstance(value, str) and member.value == value.strip().lower():
+                return member
+        raise ConfigurationError(f"expect must be 'logits' or 'probabilities', got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class OutputReport(Result):
+    """Per-sample checks of one batch of outputs.
+
+    Attributes:
+        expect: what the outputs were checked as.
+        num_samples: B.
+        num_classes: C, or None when the shape is wrong.
+        problems: batch-level problems (rank, class count); when any, the per-sample flags are
+            all False and ``probabilities``/``predictions``/``confidence``/``margin`` are None.
+        non_finite, out_of_range, off_simplex, low_confidence, low_margin: (B,) bool flags.
+            Low confidence and margin are only judged on finite rows.
+        probabilities: (B, C) float: the softmax of logits, or the outputs themselves.
+        predictions: (B,) int64 top-1 class, -1 for rows with non-finite values.
+        confidence: (B,) top-1 probability (NaN for non-finite rows).
+        margin: (B,) top-1 minus top-2 probability (NaN for non-finite rows).
+    """
+
+    expect: OutputKind
+    num_samples: int
+    num_classes: int | None
+    problems: tuple[str, ...]
+    non_finite: Tensor
+    out_of_range: Tensor
+    off_simplex: Tensor
+    low_confidence: Tensor
+    low_margin: Tensor
+    probabilities: Tensor | None
+    predictions: Tensor | None
+    confidence: Tensor | None
+    margin: Tensor | None
+
+    @property
+    def invalid(self) -> Tensor:
+        """(B,) bool: the sample's output is not usable (non-finite, out of range, off simplex)."""
+        return self.non_finite | self.out_of_range | self.off_simplex
+
+    @property
+    def flagged(self) -> Tensor:
+        """(B,) bool: any flag is set."""
+        return self.invalid | self.low_confidence | self.low_margin
+
+    @property
+    def ok(self) -> bool:
+        """No batch-level problem and no invalid sample (low confidence alone is not invalid)."""
+        return not self.problems and not bool(self.invalid.any())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many samples carry each flag."""
+        return {flag: int(getattr(self, flag).sum()) for flag in _FLAGS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values: counts, flagged sample indices per flag, and the per-sample values."""
+        def listed(t: Tensor | None) -> Any:
+            return None if t is None else to_jsonable(t.detach().cpu().tolist())
+
+        return {
+            "schema_version": self.schema_version,
+            "expect": self.expect.value,
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "counts": self.counts,
+            "flagged": {f: getattr(self, f).nonzero()[:, 0].tolist() for f in _FLAGS},
+            "predictions": listed(self.predictions),
+            "confidence": listed(self.confidence),
+            "margin": listed(self.margin),
+            "probabilities": listed(self.probabilities),
+        }
+
+
+def _fraction(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigurationError(f"OutputChecker: {name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputChecker:
+    """Checks a classifier's outputs; see the module docstring.
+
+    Args:
+        num_classes: the expected C, or None to accept any C >= 2.
+        min_confidence: flag samples whose top-1 probability is below this.
+        min_margin: flag samples whose top-1 minus top-2 probability is below this.
+        range: ``(low, high)`` every raw output value must lie in, or None.
+        expect: ``"logits"`` or ``"probabilities"``.
+        tol: tolerance of the simplex check (values in ``[-tol, 1 + tol]``, rows summing to
+            ``1 +- tol``).
+
+    Raises:
+        ConfigurationError: an argument is out of its range.
+    """
+
+    num_classes: int | None = None
+    _: dataclasses.KW_ONLY
+    min_confidence: float = 0.5
+    min_margin: float = 0.1
+    range: tuple[float, float] | None = None
+    expect: OutputKind | str = OutputKind.LOGITS
+    tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+            or self.num_classes < 2
+        ):
+            raise ConfigurationError(f"OutputChecker: num_classes must be >= 2, got "
+                                     f"{self.num_classes!r}")
+        object.__setattr__(self, "min_confidence", _fraction(self.min_confidence,
+                                                             "min_confidence"))
+        object.__setattr__(self, "min_margin", _fraction(self.min_margin, "min_margin"))
+        object.__setattr__(self, "expect", OutputKind.parse(self.expect))
+        if self.range is not None:
+            low, high = self.range
+            if not (isinstance(low, (int, float)) and isinstance(high, (int, float))
+                    and not math.isnan(low) and not math.isnan(high) and low < high):
+                raise ConfigurationError(f"OutputChecker: range must be (low, high) with "
+                                         f"low < high, got {self.range!r}")
+            object.__setattr__(self, "range", (float(low), float(high)))
+        if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
+            raise ConfigurationError(f"OutputChecker: tol must be in (0, 1), got {self.tol!r}")
+
+    def check(self, outputs: Tensor | np.ndarray) -> OutputReport:
+        """Check a batch of outputs ``(B, C)``; never raises for any tensor or numeric array.
+
+        Example:
+            >>> probs = torch.tensor([[0.7, 0.3], [0.9, 0.3]])
+            >>> OutputChecker(expect="probabilities").check(probs).off_simplex.tolist()
+            [False, True]
+        """
+        expect = OutputKind.parse(self.expect)
+        out: object = outputs
+        if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "iuf":
+            out = torch.from_numpy(np.ascontiguousarray(outputs))
+        if not isinstance(out, Tensor) or out.dtype == torch.bool or out.is_complex():
+            kind = type(outputs).__name__ if not isinstance(out, Tensor) else str(out.dtype)
+            return self._broken(expect, 0, None, f"outputs must be a real tensor, got {kind}")
+        batch = int(out.shape[0]) if out.dim() else 0
+        if out.dim() != 2:
+            return self._broken(expect, batch, None,
+                                f"outputs must have shape (B, C), got {tuple(out.shape)}")
+        classes = int(out.shape[1])
+        if classes < 2 or (self.num_classes is not None and classes != self.num_classes):
+            want = self.num_classes if self.num_classes is not None else ">= 2"
+            return self._broken(expect, batch, classes,
+                                f"outputs have {classes} classes, expected {want}")
+        out = out.detach().to(torch.float64 if out.dtype == torch.float64 else torch.float32)
+        non_finite = ~torch.isfinite(out).all(1)
+        out_of_range = torch.zeros_like(non_finite)
+        if self.range is not None:
+            out_of_range = ((out < self.range[0]) | (out > self.range[1])).any(1)
+        if expect is OutputKind.PROBABILITIES:
+            probs = out
+            off = ((out < -self.tol) | (out > 1 + self.tol)).any(1)
+            off_simplex = off | ((out.sum(1) - 1).abs() > self.tol)
+        else:
+            probs = torch.softmax(out, dim=1)
+            off_simplex = torch.zeros_like(non_finite)
+        finite = ~non_finite
+        probs = torch.where(finite[:, None], probs, torch.full_like(probs, math.nan))
+        top = torch.where(finite[:, None], probs, torch.zeros_like(probs)).topk(2, dim=1)
+        nan = torch.full_like(top.values[:, 0], math.nan)
+        confidence = torch.where(finite, top.values[:, 0], nan)
+        margin = torch.where(finite, top.values[:, 0] - top.values[:, 1], nan)
+        predictions = torch.where(finite, top.indices[:, 0], torch.full_like(top.indices[:, 0], -1))
+        return OutputReport(
+            expect=expect, num_samples=batch, num_classes=classes, problems=(),
+            non_finite=non_finite, out_of_range=out_of_range, off_simplex=off_simplex,
+            low_confidence=finite & (confidence < self.min_confidence),
+            low_margin=finite & (margin < self.min_margin),
+            probabilities=probs, predictions=predictions, confidence=confidence, margin=margin,
+        )
+
+    __call__ = check
+
+    @staticmethod
+    def _broken(expect: OutputKind, batch: int, classes: int | None, problem: str) -> OutputReport:
+        none = torch.zeros(batch, dtype=torch.bool)
+        return OutputReport(
+            expect=expect, num_samples=batch, num_classes=classes, problems=(problem,),
+            non_finite=none, out_of_range=none, off_simplex=none, low_confidence=none,
+            low_margin=none, probabilities=None, predictions=None, confidence=None, margin=None,
+        )

@@ -1,0 +1,238 @@
+"""Tensor schemas: every violation kind found at the right sample, files round-trip, infer works."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.guard import FeatureStats, Rule, TensorSchema, as_tensor
+
+
+def _rules(report) -> list[tuple[str, int | None]]:
+    return [(v.rule.value, v.sample_index) for v in report.violations]
+
+
+def test_valid_batch_has_no_violations() -> None:
+    schema = TensorSchema(shape=("batch", 3), min=0.0, max=1.0)
+    report = schema.validate(torch.rand(5, 3))
+    assert report.ok and report.violations == () and report.invalid_samples == ()
+    assert report.num_samples == 5 and report.summary() == "valid"
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "rule"),
+    [(2, float("nan"), "non_finite"), (0, float("inf"), "non_finite"), (3, -0.5, "min"),
+     (1, 1.5, "max")],
+)
+def test_each_value_violation_names_its_sample(index: int, value: float, rule: str) -> None:
+    schema = TensorSchema(shape=("batch", 4), min=0.0, max=1.0)
+    x = torch.full((4, 4), 0.5)
+    x[index, 2] = value
+    report = schema.validate(x)
+    assert (rule, index) in _rules(report)
+    assert report.invalid_samples == (index,)
+    hit = next(v for v in report.violations if v.rule.value == rule)
+    assert (math.isnan(hit.value) if math.isnan(value) else hit.value == value)
+    assert f"sample {index}" in hit.message and "(2,)" in hit.message  # position in the sample
+
+
+def test_all_violations_are_returned_at_once() -> None:
+    schema = TensorSchema(shape=("batch", 2, 2), dtype=torch.float32, min=0.0, max=1.0)
+    x = torch.full((4, 2, 2), 0.5, dtype=torch.float64)
+    x[0, 0, 0] = math.nan
+    x[1, 1, 1] = -3.0
+    x[3, 0, 1] = 9.0
+    report = schema.validate(x)
+    assert _rules(report) == [("dtype", None), ("non_finite", 0), ("min", 1), ("max", 3)]
+    assert report.counts == {"dtype": 1, "non_finite": 1, "min": 1, "max": 1}
+    assert report.invalid_samples == (0, 1, 3)
+    assert report.violations[2].value == -3.0 and "(1, 1)" in report.violations[2].message
+
+
+def test_rank_shape_and_dtype_violations() -> None:
+    schema = TensorSchema(shape=("batch", 1, 28, 28), dtype=(torch.float32, torch.float16))
+    assert _rules(schema.validate(torch.zeros(2, 28, 28))) == [("rank", None)]
+    report = schema.validate(torch.zeros(2, 3, 28, 27, dtype=torch.int64))
+    assert _rules(report) == [("dtype", None), ("shape", None), ("shape", None)]
+    assert [v.field for v in report.violations] == [
+        "input.dtype", "input.shape[1]", "input.shape[3]"]
+    assert schema.validate(torch.zeros(2, 1, 28, 28, dtype=torch.float16)).ok
+
+
+def test_named_dimensions_are_bound_consistently() -> None:
+    schema = TensorSchema(shape=("batch", "n", "n", None))
+    assert schema.validate(torch.zeros(2, 3, 3, 7)).ok
+    report = schema.validate(torch.zeros(2, 3, 4, 7))
+    assert _rules(report) == [("named_dim", None)]
+    assert report.violations[0].field == "input.shape[2]" and report.violations[0].value == 4
+    assert "binds to 3" in report.violations[0].message
+
+
+def test_numpy_arrays_are_accepted_and_objects_refused() -> None:
+    schema = TensorSchema(shape=("batch", 2), dtype=torch.float64, max=1.0)
+    assert _rules(schema.validate(np.array([[0.0, 2.0]]))) == [("max", 0)]
+    with pytest.raises(InputValidationError, match="numeric"):
+        schema.validate(np.array([["a", "b"]]))
+    with pytest.raises(InputValidationError, match="as_tensor"):
+        schema.validate([[0.0, 1.0]])  # type: ignore[arg-type]
+
+
+def test_feature_zscore_flags_the_outlying_sample() -> None:
+    stats = FeatureStats(mean=torch.zeros(3), std=torch.ones(3), z_limit=3.0)
+    schema = TensorSchema(shape=("batch", 3), stats=stats)
+    x = torch.tensor([[0.5, -1.0, 1.0], [0.0, 0.0, 9.0], [4.0, 4.0, 4.0]])
+    report = schema.validate(x)
+    assert _rules(report) == [("zscore", 1), ("zscore", 2)]
+    rms = math.sqrt(81 / 3)
+    assert report.violations[0].value == pytest.approx(rms)
+
+
+def test_violation_cap_keeps_complete_counts() -> None:
+    schema = TensorSchema(shape=("batch", 2), max=0.0)
+    report = schema.validate(torch.ones(50, 2), max_violations=10)
+    assert len(report.violations) == 10 and report.counts == {"max": 50}
+    assert report.truncated == 40 and len(report.invalid_samples) == 50
+    json.dumps(report.to_dict())
+
+
+def _full_schema() -> TensorSchema:
+    stats = FeatureStats(mean=torch.tensor([0.25, 0.5]), std=torch.tensor([0.1, 0.2]),
+                         z_limit=4.5)
+    return TensorSchema(shape=("batch", 2), dtype=(torch.float32, torch.float64), min=0.0,
+                        max=1.0, finite=True, stats=stats, name="features")
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_file_round_trip(tmp_path: Path, suffix: str) -> None:
+    schema = _full_schema()
+    path = tmp_path / f"schema{suffix}"
+    schema.save(path)
+    loaded = TensorSchema.load(path)
+    assert loaded == schema and loaded.to_dict() == schema.to_dict()
+    anyshape = TensorSchema(shape=(None, "n", 3), dtype=torch.int64)
+    anyshape.save(path)
+    assert TensorSchema.load(path) == anyshape
+
+
+def test_hand_written_toml(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('name = "img"\ndtype = "float32"\nshape = ["batch", 1, "*", "*"]\n'
+                    "min = 0\nmax = 1\n")
+    schema = TensorSchema.load(path)
+    assert schema.shape == ("batch", 1, None, None) and schema.max == 1.0
+    assert schema.dtypes == (torch.float32,) and schema.name == "img"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('dtype = "float32"\n', "'shape'"),
+        ('shape = ["batch", 2]\ndtype = "float33"\n', "'dtype'"),
+        ('shape = ["batch", -2]\n', "'shape'"),
+        ('shape = ["batch", 2]\nmin = "zero"\n', "'min'"),
+        ('shape = ["batch", 2]\nfinite = 1\n', "'finite'"),
+        ('shape = ["batch", 2]\nmax_value = 1\n', "max_value"),
+        ('shape = ["batch", 2]\nmin = 2\nmax = 1\n', "'min'"),
+        ('shape = ["batch", 2]\n[stats]\nmean = [0, 0]\nz_limit = 3\n', "'std'"),
+        ('shape = ["batch", 2]\n[stats]\nmean = [0, 0, 0]\nstd = [1, 1, 1]\nz_limit = 3\n',
+         "'stats'"),
+        ('shape = ["batch", 2\n', "not valid TOML"),
+    ],
+)
+def test_bad_schema_files_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=key) as info:
+        TensorSchema.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_json_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text('{"shape": "batch"}')
+    with pytest.raises(ConfigurationError, match="'shape'"):
+        TensorSchema.load(tmp_path / "s.json")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        TensorSchema.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigurationError, match=r"\.yaml"):
+        TensorSchema.load(tmp_path / "s.yaml")
+
+
+def test_infer_on_mnist_accepts_it_and_rejects_shifted_or_nan_data() -> None:
+    from bastion.data import load_dataset
+
+    data = load_dataset("mnist5k")
+    schema = TensorSchema.infer(data.x_train, bounds=data.bounds)
+    assert schema.shape == ("batch", 1, 28, 28) and schema.dtypes == (torch.float32,)
+    assert schema.validate(data.x_train).ok
+    held_out = schema.validate(data.x_test)
+    assert held_out.ok, held_out.summary()
+    shifted = schema.validate((data.x_test[:100] + 0.3).clamp(0, 1))
+    assert shifted.counts == {"zscore": 100}
+    broken = data.x_test[:10].clone()
+    broken[4, 0, 3, 3] = math.nan
+    assert _rules(schema.validate(broken)) == [("non_finite", 4)]
+
+
+def test_infer_refuses_bad_reference() -> None:
+    with pytest.raises(ConfigurationError, match="NaN"):
+        TensorSchema.infer(torch.tensor([[0.0], [math.nan]]))
+    with pytest.raises(ConfigurationError, match="N >= 2"):
+        TensorSchema.infer(torch.zeros(1, 3))
+
+
+def test_constructor_checks() -> None:
+    with pytest.raises(ConfigurationError, match="'dtype'"):
+        TensorSchema(shape=("batch",), dtype="complex64")
+    with pytest.raises(ConfigurationError, match="fixed sample"):
+        TensorSchema(shape=("batch", None), stats=FeatureStats(mean=[0.0], std=[1.0], z_limit=3))
+    with pytest.raises(ConfigurationError, match="std"):
+        FeatureStats(mean=[0.0], std=[0.0], z_limit=3)
+
+
+def test_as_tensor_builds_the_schema_dtype() -> None:
+    schema = TensorSchema(shape=("batch", 2))
+    x = as_tensor([[1, 2.5], [0, 1]], schema)
+    assert x.dtype == torch.float32 and x.tolist() == [[1.0, 2.5], [0.0, 1.0]]
+    assert as_tensor([], TensorSchema(shape=("batch",))).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [
+        ([[1.0, 2.0], [3.0]], "ragged"),
+        ([[1.0, "2"]], "found str"),
+        ([[1.0, True]], "found bool"),
+        ([[1.0, None]], "found NoneType"),
+        ([[[1.0], [2.0]]], "deeper"),
+        ([1.0, 2.0], "levels of nested lists"),
+        ("[[1.0]]", "got str"),
+        ({"x": 1}, "got dict"),
+        ([[10**400, 1.0]], "cannot be converted"),  # an int too large for any dtype
+    ],
+)
+def test_as_tensor_refuses_hostile_lists(obj: object, match: str) -> None:
+    with pytest.raises(InputValidationError, match=match):
+        as_tensor(obj, TensorSchema(shape=("batch", 2)))
+
+
+def test_as_tensor_refuses_huge_inputs_before_building_them() -> None:
+    schema = TensorSchema(shape=("batch", 2))
+    with pytest.raises(InputValidationError, match="more than 10"):
+        as_tensor([[0.0, 0.0]] * 6, schema, max_elements=10)
+    with pytest.raises(InputValidationError, match="more than 10"):
+        as_tensor(np.zeros((6, 2)), schema, max_elements=10)
+
+
+def test_as_tensor_integer_schemas() -> None:
+    schema = TensorSchema(shape=("batch",), dtype=torch.uint8)
+    assert as_tensor([1, 255], schema).dtype == torch.uint8
+    with pytest.raises(InputValidationError, match="found float"):
+        as_tensor([1.5], schema)
+    with pytest.raises(InputValidationError, match="outside the range"):
+        as_tensor([256], schema)
