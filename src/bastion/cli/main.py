@@ -17,6 +17,7 @@ from bastion.cli import audit as _audit
 from bastion.cli import convert as _convert
 from bastion.cli import manifest as _manifest
 from bastion.cli import scan as _scan
+from bastion.cli import serve as _serve
 from bastion.cli import sign as _sign
 from bastion.core.errors import BastionError, ConfigurationError
 
@@ -36,6 +37,8 @@ app.command("sign")(_sign.sign)
 app.command("verify")(_sign.verify)
 app.command("convert")(_convert.convert)
 app.command("manifest")(_manifest.manifest)
+app.command("serve")(_serve.serve)
+app.add_typer(_serve.apikey_app, name="apikey")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,203 @@
+"""Assemble what ``bastion serve`` serves: the model (only through :func:`bastion.load`), the
+schema, the reference data and the guard around them.
+
+Example:
+    >>> spec = ModelSpec.parse("demo")
+    >>> spec.is_demo, ModelSpec.parse("mypkg.nets:make_net").factory
+    (True, 'mypkg.nets:make_net')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bastion.artifacts.scan.policy import Policy
+from bastion.core.errors import ConfigurationError, IntegrityError
+from bastion.guard.schema import TensorSchema
+from bastion.serve import _stages
+from bastion.serve.pipeline import Pipeline
+
+__all__ = ["ModelSpec", "assemble", "load_model", "load_reference", "load_schema"]
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """``demo`` or ``package.module:factory`` (a callable returning an untrained ``nn.Module``)."""
+
+    factory: str | None = None
+
+    @property
+    def is_demo(self) -> bool:
+        return self.factory is None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Parse the ``--model`` option; ConfigurationError on anything else."""
+        if text == "demo":
+            return cls()
+        if not _FACTORY.match(text):
+            raise ConfigurationError(
+                f"--model must be 'demo' or 'package.module:factory', got {text!r}"
+            )
+        return cls(factory=text)
+
+    def build(self) -> nn.Module:
+        """An untrained instance of the architecture (weights come from :func:`load_model`)."""
+        if self.factory is None:
+            from bastion.zoo import DemoCNN
+
+            return DemoCNN()
+        module_name, attr = self.factory.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigurationError(f"--model: cannot import {module_name!r}: {exc}") from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ConfigurationError(f"--model: {module_name} has no callable {attr!r}")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ConfigurationError(
+                f"--model: {self.factory}() returned {type(model).__name__}, not a torch nn.Module"
+            )
+        return model
+
+
+def load_model(
+    spec: ModelSpec,
+    *,
+    weights: Path | None = None,
+    signature: Path | None = None,
+    public_keys: Path | Sequence[Path] | None = None,
+    sha256: str | None = None,
+    policy: Policy | None = None,
+    cache_dir: Path | None = None,
+) -> nn.Module:
+    """The model with its weights read by :func:`bastion.load` (verified when asked), in eval mode.
+
+    Without ``weights`` the demo uses its cached weights, checked against the digest the cache
+    recorded; a factory model needs ``weights``.
+
+    Raises:
+        IntegrityError, SignatureError, UnsafeArtifactError: the weights failed a check.
+        ConfigurationError: bad options, or weights that do not fit the architecture.
+    """
+    from bastion.artifacts.load import load
+
+    if weights is None:
+        if not spec.is_demo:
+            raise ConfigurationError("--weights is required with --model package.module:factory")
+        if signature is not None:
+            raise ConfigurationError("--signature needs --weights (the file it signs)")
+        from bastion.zoo import demo_info, demo_model_path
+
+        weights = demo_model_path(cache_dir=cache_dir)
+        sha256 = sha256 or demo_info(cache_dir=cache_dir).weights_sha256
+    state = load(weights, signature=signature, public_keys=public_keys, sha256=sha256,
+                 policy=policy)
+    model = spec.build()
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigurationError(
+            f"{weights}: expected a state dict (names -> tensors), got {type(state).__name__}"
+        )
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        raise IntegrityError(
+            f"{weights}: the weights do not fit the model architecture: {exc}", path=weights
+        ) from None
+    return model.eval()
+
+
+def load_reference(path: Path | None, *, key: str = "x") -> Tensor:
+    """Reference inputs: array ``key`` of an ``.npz`` file, or the MNIST 5k test split (None).
+
+    Raises:
+        ConfigurationError, InputValidationError, UnsafeArtifactError: as
+            :func:`bastion.data.read_npz_arrays`.
+    """
+    if path is None:
+        from bastion.data import load_mnist5k
+
+        return load_mnist5k().x_test
+    from bastion.data import read_npz_arrays
+
+    array = read_npz_arrays(path, [key])[key]
+    if array.dtype.kind not in "biuf":
+        raise ConfigurationError(f"{path}: array {key!r} has dtype {array.dtype}, not numbers")
+    return torch.from_numpy(array.copy())
+
+
+def load_schema(path: Path | None, reference: Tensor, *, bounds: Any = None) -> TensorSchema:
+    """The schema from a file, else inferred from the reference data (``TensorSchema.infer``)."""
+    if path is not None:
+        return TensorSchema.load(path)
+    return TensorSchema.infer(reference, bounds=bounds)
+
+
+def assemble(
+    *,
+    model: str = "demo",
+    weights: Path | None = None,
+    schema: Path | None = None,
+    reference: Path | None = None,
+    policy: str = "reject",
+    signature: Path | None = None,
+    public_keys: Path | Sequence[Path] | None = None,
+    sha256: str | None = None,
+    audit_log: str | Path | None = "bastion-audit.db",
+    load_policy: Policy | None = None,
+    cache_dir: Path | None = None,
+) -> Pipeline:
+    """Build the guarded pipeline ``bastion serve`` serves, from command-line style options.
+
+    The model is read by :func:`bastion.load` first, so a file that fails its checks stops
+    everything before any other work. The demo infers its schema from the MNIST 5k train split
+    (range [0, 1]) and uses the test split as reference; other models infer it from
+    ``reference`` unless a schema file is given.
+
+    Raises:
+        IntegrityError, SignatureError, UnsafeArtifactError: the weights failed a check.
+        ConfigurationError: bad options or files.
+    """
+    from bastion.guard.outputs import OutputChecker
+    from bastion.guard.policy import InputGuard, InvalidDataPolicy
+
+    spec = ModelSpec.parse(model)
+    invalid = InvalidDataPolicy.parse(policy)
+    net = load_model(spec, weights=weights, signature=signature, public_keys=public_keys,
+                     sha256=sha256, policy=load_policy, cache_dir=cache_dir)
+    ref = load_reference(reference)
+    if spec.is_demo and schema is None and reference is None:
+        from bastion.data import load_mnist5k
+
+        tensor_schema = TensorSchema.infer(load_mnist5k().x_train, bounds=(0.0, 1.0))
+    else:
+        tensor_schema = load_schema(schema, ref)
+    guard = InputGuard(
+        tensor_schema,
+        policy=invalid,
+        default=ref.float().mean(0) if invalid is InvalidDataPolicy.SUBSTITUTE else None,
+    )
+    with torch.no_grad():
+        ref_logits = net(ref)
+    checker = OutputChecker(int(ref_logits.shape[-1]))
+    return Pipeline(
+        model=net,
+        schema=tensor_schema,
+        guard=guard,
+        output_checker=checker,
+        monitors=_stages.default_monitors(ref, ref_logits),
+        audit=None if audit_log is None else _stages.open_audit_log(audit_log),
+        name=spec.factory or "demo",
+    )

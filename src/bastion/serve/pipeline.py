@@ -1,0 +1,227 @@
+"""One request's path through the guard: input guard -> model -> output checks -> monitors -> audit.
+
+The pipeline is split where the server needs it split. :meth:`Pipeline.infer` (guard, model,
+output checks) is pure computation and may be abandoned on a timeout; :meth:`Pipeline.commit`
+(monitors and the audit row) runs only for answers that will be sent, serialised under one lock,
+and returns only once the audit row is durable - so an acknowledged request is always on record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import threading
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from bastion.guard.outputs import OutputChecker
+from bastion.guard.policy import InputGuard, InvalidDataPolicy
+from bastion.guard.schema import TensorSchema
+from bastion.serve.limits import Refusal
+
+__all__ = ["AuditSink", "Inference", "MonitorLike", "Pipeline", "digest"]
+
+
+class MonitorLike(Protocol):
+    """What the pipeline needs of a monitor suite (``bastion.guard.monitors.MonitorSuite``)."""
+
+    def update(self, inputs: Tensor, outputs: Tensor) -> Any: ...
+
+    def state(self) -> Any: ...
+
+
+class AuditSink(Protocol):
+    """What the pipeline needs of an audit log (``bastion.guard.audit_log.AuditLog``)."""
+
+    def append(self, record: dict[str, Any]) -> Any: ...
+
+
+def digest(body: bytes) -> str:
+    """The input digest recorded in the audit log: hex SHA-256 of the request body as received.
+
+    Example:
+        >>> digest(b"")[:12]
+        'e3b0c44298fc'
+    """
+    return hashlib.sha256(body).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Inference:
+    """The result of :meth:`Pipeline.infer` for one batch, before it is committed."""
+
+    inputs: Tensor
+    logits: Tensor
+    probabilities: Tensor
+    predictions: Tensor
+    checks: dict[str, Any]
+
+
+def _to_json(value: Any) -> Any:
+    """Result objects as JSON values (``to_dict`` when they have one)."""
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return value
+
+
+class Pipeline:
+    """The guarded model behind the server; ``guarded=False`` gives the bare model (benchmarks).
+
+    Args:
+        model: the classifier (``nn.Module`` mapping a batch to logits); put in eval mode.
+        schema: the input schema (also used to decode requests).
+        guard: the input guard; None only for the bare model.
+        output_checker: checks on the logits; optional.
+        monitors: fed ``(inputs, outputs)`` per batch; optional.
+        audit: the audit log; optional (bare model).
+        name: what ``/healthz`` reports.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        schema: TensorSchema,
+        guard: InputGuard | None = None,
+        output_checker: OutputChecker | None = None,
+        monitors: MonitorLike | None = None,
+        audit: AuditSink | None = None,
+        name: str = "model",
+    ) -> None:
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.schema, self.guard, self.name = schema, guard, name
+        self.output_checker, self.monitors, self.audit = output_checker, monitors, audit
+        self._lock = threading.Lock()
+
+    def infer(self, batch: Tensor) -> Inference:
+        """Guard, run and check one batch (no side effects).
+
+        Raises:
+            Refusal: 422 when the input guard rejects the batch, naming every violation.
+        """
+        checks: dict[str, Any] = {}
+        if self.guard is not None:
+            policy = InvalidDataPolicy.parse(self.guard.policy).value
+            result = self.guard.guard(batch, raise_on_reject=False)
+            if result.rejected:
+                raise Refusal(
+                    422,
+                    "invalid_input",
+                    f"input rejected by schema {self.schema.name!r} "
+                    f"(policy {policy}): {result.report.summary()}",
+                    detail=[v.to_dict() for v in result.report.violations],
+                )
+            batch = result.x
+            checks["input"] = {
+                "policy": policy,
+                "valid": result.report.ok,
+                "summary": result.report.summary(),
+                "violations": [v.to_dict() for v in result.report.violations],
+                "actions": [a.to_dict() for a in result.actions],
+            }
+        with torch.no_grad():
+            logits = self.model(batch)
+        probabilities = None
+        if self.output_checker is not None:
+            report = self.output_checker.check(logits)
+            checks["output"] = {
+                "ok": report.ok,
+                "problems": list(report.problems),
+                "counts": report.counts,
+                "flagged": {k: v for k, v in report.to_dict()["flagged"].items() if v},
+            }
+            if not report.ok:  # never send NaN or a malformed answer on; a model fault: 500
+                raise Refusal(
+                    500,
+                    "output_check_failed",
+                    "the model's outputs failed the output checks: "
+                    + (", ".join(report.problems) or f"{report.counts}"),
+                )
+            probabilities = report.probabilities
+        if probabilities is None:
+            probabilities = torch.softmax(logits.double(), dim=-1)
+        probabilities = probabilities.float()
+        if not bool(torch.isfinite(probabilities).all()):
+            raise Refusal(500, "output_check_failed", "the model produced non-finite outputs")
+        return Inference(
+            inputs=batch,
+            logits=logits,
+            probabilities=probabilities,
+            predictions=probabilities.argmax(dim=-1),
+            checks=checks,
+        )
+
+    def commit(
+        self, *, request_id: str, key_name: str, body_digest: str, inference: Inference
+    ) -> dict[str, Any]:
+        """Feed the monitors and write the audit row (durable on return); the checks to send."""
+        checks = dict(inference.checks)
+        with self._lock:
+            if self.monitors is not None:
+                checks["monitors"] = _to_json(
+                    self.monitors.update(inference.inputs, inference.logits)
+                )
+            if self.audit is not None:
+                self.audit.append(
+                    _record(
+                        request_id=request_id,
+                        key_name=key_name,
+                        body_digest=body_digest,
+                        outcome="ok",
+                        predictions=inference.predictions.tolist(),
+                        checks=checks,
+                    )
+                )
+        return checks
+
+    def record_refusal(
+        self, *, request_id: str, key_name: str, body_digest: str, refusal: Refusal
+    ) -> None:
+        """Write the audit row of a refused request (its reason, no input values)."""
+        if self.audit is None:
+            return
+        with self._lock:
+            self.audit.append(
+                _record(
+                    request_id=request_id,
+                    key_name=key_name,
+                    body_digest=body_digest,
+                    outcome=f"refused:{refusal.error}",
+                    predictions=None,
+                    checks={"status": refusal.status, "message": refusal.message},
+                )
+            )
+
+    def monitor_state(self) -> dict[str, Any]:
+        """The monitors' current state (``{}`` without monitors)."""
+        if self.monitors is None:
+            return {}
+        with self._lock:
+            state = _to_json(self.monitors.state())
+        return state if isinstance(state, dict) else {"state": state}
+
+
+def _record(
+    *,
+    request_id: str,
+    key_name: str,
+    body_digest: str,
+    outcome: str,
+    predictions: list[int] | None,
+    checks: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+        "key": key_name,
+        "input_sha256": body_digest,
+        "outcome": outcome,
+        "prediction": predictions,
+        "checks": checks,
+    }
