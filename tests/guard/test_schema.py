@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bastion.core.errors import ConfigurationError, InputValidationError
-from bastion.guard import FeatureStats, Rule, TensorSchema, as_tensor
+from bastion.guard import FeatureStats, TensorSchema, as_tensor
 
 
 def _rules(report) -> list[tuple[str, int | None]]:

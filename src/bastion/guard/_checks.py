@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from bastion.guard._report import Rule, ValidationReport, Violation
 from bastion.guard._schema_io import dtype_name
 
 if TYPE_CHECKING:
-    from bastion.guard.schema import Rule, TensorSchema, ValidationReport, Violation
+    from bastion.guard.schema import TensorSchema
 
 __all__ = ["Inspection", "RuleHits", "build_report", "inspect"]
 
@@ -56,8 +57,6 @@ class Inspection:
 
 
 def _structural(schema: TensorSchema, x: Tensor) -> list[Violation]:
-    from bastion.guard.schema import Rule, Violation
-
     found: list[Violation] = []
     if x.dtype not in schema.dtypes:
         allowed = ", ".join(dtype_name(d) for d in schema.dtypes)
@@ -84,7 +83,7 @@ def _structural(schema: TensorSchema, x: Tensor) -> list[Violation]:
         )
         return found
     bound: dict[str, tuple[int, int]] = {}
-    for axis, (want, got) in enumerate(zip(schema.shape, x.shape)):
+    for axis, (want, got) in enumerate(zip(schema.shape, x.shape, strict=True)):
         field = f"{schema.name}.shape[{axis}]"
         if isinstance(want, int) and want != got:
             found.append(
@@ -125,8 +124,6 @@ def _extreme(flat: Tensor, bad: Tensor, *, largest: bool) -> tuple[Tensor, Tenso
 
 
 def _value_hits(schema: TensorSchema, x: Tensor) -> list[RuleHits]:
-    from bastion.guard.schema import Rule
-
     if not (x.is_floating_point() or x.dtype in _VALUE_KINDS) or x.dim() == 0:
         return []
     if x.numel() == 0:
@@ -178,8 +175,6 @@ def _position(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _message(schema: TensorSchema, hit_rule: Rule, index: int, count: int, value: float,
              where: tuple[int, ...]) -> str:
-    from bastion.guard.schema import Rule
-
     head = f"{schema.name}: sample {index}:"
     if hit_rule is Rule.NON_FINITE:
         return f"{head} {count} non-finite value(s), the first ({value}) at position {where}"
@@ -199,8 +194,6 @@ def build_report(
     schema: TensorSchema, inspection: Inspection, max_violations: int
 ) -> ValidationReport:
     """Turn an :class:`Inspection` into a report listing up to ``max_violations`` violations."""
-    from bastion.guard.schema import ValidationReport, Violation
-
     violations: list[Violation] = list(inspection.structural)
     counts: dict[str, int] = {}
     for violation in inspection.structural:
@@ -217,6 +210,7 @@ def build_report(
             hit.count[shown].tolist(),
             hit.value[shown].tolist(),
             hit.position[shown].tolist(),
+            strict=True,
         )
         for index, count, value, flat_index in rows:
             where = _position(flat_index, inspection.sample_shape)

@@ -120,7 +120,7 @@ def as_tensor(
         )
     dtype = schema.dtypes[0]
     if dtype == torch.bool:
-        leaf_types = frozenset({bool})
+        leaf_types: frozenset[type] = frozenset({bool})
     else:
         leaf_types = frozenset({int, float} if dtype.is_floating_point else {int})
     shape = _shape_of(obj, len(schema.shape), max_elements, leaf_types)

@@ -26,6 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "DTYPES",
+    "check_type",
     "dtype_name",
     "dump_toml",
     "parse_dim",
@@ -89,7 +90,7 @@ def parse_dim(value: object, key: str) -> int | str | None:
 
 
 def require(data: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], where: str) -> Any:
-    """``data[key]`` if present and of ``kinds`` (bools are not numbers), else ConfigurationError."""
+    """``data[key]`` if present and of ``kinds`` (a bool is no number), else ConfigurationError."""
     if key not in data:
         raise ConfigurationError(f"{where}: missing required key {key!r}")
     return check_type(data[key], key, kinds, where)
@@ -103,7 +104,8 @@ def check_type(value: Any, key: str, kinds: type | tuple[type, ...], where: str)
     else:
         ok = isinstance(value, kinds)
     if not ok:
-        names = kinds.__name__ if isinstance(kinds, type) else " or ".join(k.__name__ for k in kinds)
+        types = (kinds,) if isinstance(kinds, type) else kinds
+        names = " or ".join(k.__name__ for k in types)
         raise ConfigurationError(f"{where}: key {key!r} must be {names}, got {value!r}")
     return value
 

@@ -10,7 +10,8 @@ crashes the service that calls it.
 Example:
     >>> import torch
     >>> checker = OutputChecker(3, min_confidence=0.6)
-    >>> report = checker.check(torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.9], [float("nan"), 0, 0]]))
+    >>> nan = float("nan")
+    >>> report = checker.check(torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.9], [nan, 0, 0]]))
     >>> report.predictions.tolist(), report.low_confidence.tolist(), report.non_finite.tolist()
     ([0, 0, -1], [False, True, False], [False, False, True])
     >>> report.counts

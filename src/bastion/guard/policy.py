@@ -41,9 +41,17 @@ from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
 from bastion.guard import _checks
 from bastion.guard._convert import as_tensor
-from bastion.guard.schema import DEFAULT_MAX_VIOLATIONS, Rule, TensorSchema, ValidationReport
+from bastion.guard._report import DEFAULT_MAX_VIOLATIONS, Rule, ValidationReport
+from bastion.guard.schema import TensorSchema
 
-__all__ = ["Action", "ActionKind", "GuardResult", "InputGuard", "InvalidDataPolicy", "guard_dataset"]
+__all__ = [
+    "Action",
+    "ActionKind",
+    "GuardResult",
+    "InputGuard",
+    "InvalidDataPolicy",
+    "guard_dataset",
+]
 
 LOGGER_NAME = "bastion.guard"
 _SHRINK = 1.0 - 1e-4  # z-band clipping stays just inside the limit despite rounding
@@ -336,7 +344,7 @@ def _actions(hit: _checks.RuleHits, kind: ActionKind, template: str) -> list[Act
     indices = hit.mask.nonzero()[:, 0]
     return [
         Action(sample_index=index, rule=hit.rule, action=kind, detail=template.format(n=n))
-        for index, n in zip(indices.tolist(), hit.count[indices].tolist())
+        for index, n in zip(indices.tolist(), hit.count[indices].tolist(), strict=True)
     ]
 
 

@@ -1,4 +1,4 @@
-"""Text sanitisation before tokenisation: what a tokenizer or a human reviewer must not be fooled by.
+"""Text sanitisation before tokenisation: nothing that fools a tokenizer or a human reviewer.
 
 :func:`sanitize_text` takes untrusted ``bytes`` or ``str`` and, in this order:
 
@@ -65,7 +65,9 @@ class TextAction(str, enum.Enum):
     TRUNCATE = "truncate"
 
     @classmethod
-    def parse(cls, value: str | TextAction, field: str, allowed: tuple[TextAction, ...]) -> TextAction:
+    def parse(
+        cls, value: str | TextAction, field: str, allowed: tuple[TextAction, ...]
+    ) -> TextAction:
         """``value`` as an action allowed for ``field``; ConfigurationError names the choices."""
         member = value if isinstance(value, cls) else next(
             (m for m in cls if isinstance(value, str) and m.value == value.strip().lower()), None)
@@ -274,7 +276,7 @@ def _clean(text: str, policy: TextPolicy, rec: _Recorder) -> str | None:
             return text
         normal = unicodedata.normalize("NFKC", text)
         if normal != text:
-            first = next((i for i, (a, b) in enumerate(zip(text, normal)) if a != b),
+            first = next((i for i, (a, b) in enumerate(zip(text, normal, strict=False)) if a != b),
                          min(len(text), len(normal)))
             rec.add(ChangeKind.NORMALIZED, first,
                     f"NFKC normalisation ({len(text):,} -> {len(normal):,} characters)")

@@ -1,0 +1,104 @@
+"""Output checks: NaN and off-simplex rows flagged; confidence and margin match numpy."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bastion.core.errors import ConfigurationError
+from bastion.guard import OutputChecker, OutputKind
+
+
+def _numpy_flags(logits: np.ndarray, min_conf: float, min_margin: float):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    top2 = np.sort(probs, axis=1)[:, ::-1][:, :2]
+    return probs, probs.argmax(1), top2[:, 0] < min_conf, (top2[:, 0] - top2[:, 1]) < min_margin
+
+
+def test_nan_and_inf_logits_are_flagged() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [math.nan, 0.0, 0.0], [0.0, math.inf, 0.0]])
+    report = OutputChecker(3).check(logits)
+    assert report.non_finite.tolist() == [False, True, True]
+    assert report.predictions.tolist() == [2, -1, -1]
+    assert math.isnan(report.confidence[1]) and not report.low_confidence[1]
+    assert not report.ok and report.counts["non_finite"] == 2
+
+
+def test_probabilities_off_the_simplex_are_flagged() -> None:
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.6], [-0.1, 1.1], [0.5, 0.5 + 5e-4]])
+    report = OutputChecker(expect="probabilities").check(probs)
+    assert report.off_simplex.tolist() == [False, True, True, False]
+    assert report.expect is OutputKind.PROBABILITIES
+    assert torch.equal(report.probabilities, probs)  # given probabilities are not renormalised
+
+
+def test_value_range() -> None:
+    report = OutputChecker(range=(-10.0, 10.0)).check(torch.tensor([[0.0, 11.0], [1.0, -1.0]]))
+    assert report.out_of_range.tolist() == [True, False]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(2, 6)),
+               elements=st.floats(-20, 20)),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+)
+def test_confidence_and_margin_flags_match_numpy(
+    logits: np.ndarray, min_conf: float, min_margin: float
+) -> None:
+    report = OutputChecker(min_confidence=min_conf, min_margin=min_margin).check(logits)
+    probs, preds, low_conf, low_margin = _numpy_flags(logits, min_conf, min_margin)
+    np.testing.assert_allclose(report.probabilities.numpy(), probs, rtol=1e-9, atol=1e-12)
+    top = np.sort(probs, axis=1)[:, ::-1]
+    clear_conf = np.abs(top[:, 0] - min_conf) > 1e-9  # skip ties at the threshold
+    clear_margin = np.abs(top[:, 0] - top[:, 1] - min_margin) > 1e-9
+    assert np.array_equal(report.low_confidence.numpy()[clear_conf], low_conf[clear_conf])
+    assert np.array_equal(report.low_margin.numpy()[clear_margin], low_margin[clear_margin])
+    distinct = top[:, 0] - top[:, 1] > 1e-9
+    assert np.array_equal(report.predictions.numpy()[distinct], preds[distinct])
+
+
+@pytest.mark.parametrize(
+    ("outputs", "problem"),
+    [
+        (torch.zeros(4), "shape \\(B, C\\)"),
+        (torch.zeros(2, 3, 4), "shape \\(B, C\\)"),
+        (torch.zeros(2, 5), "5 classes, expected 3"),
+        (torch.zeros(2, 3, dtype=torch.bool), "real tensor"),
+        ([[0.1, 0.9]], "real tensor"),
+    ],
+)
+def test_batch_problems_are_reported_not_raised(outputs: object, problem: str) -> None:
+    report = OutputChecker(3).check(outputs)  # type: ignore[arg-type]
+    assert len(report.problems) == 1 and not report.ok
+    assert re.search(problem, report.problems[0])
+    assert report.predictions is None and report.counts == dict.fromkeys(report.counts, 0)
+    json.dumps(report.to_dict())
+
+
+def test_to_dict_is_json() -> None:
+    report = OutputChecker(2).check(torch.tensor([[2.0, 0.0], [math.nan, 1.0]]))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["predictions"] == [0, -1] and data["flagged"]["non_finite"] == [1]
+    assert data["confidence"][1] is None and data["counts"]["non_finite"] == 1
+
+
+def test_checker_arguments_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="num_classes"):
+        OutputChecker(1)
+    with pytest.raises(ConfigurationError, match="min_confidence"):
+        OutputChecker(min_confidence=1.5)
+    with pytest.raises(ConfigurationError, match="expect"):
+        OutputChecker(expect="scores")
+    with pytest.raises(ConfigurationError, match="range"):
+        OutputChecker(range=(1.0, 0.0))
