@@ -1,0 +1,225 @@
+"""Alert rules over monitor results, and the sinks alerts go to.
+
+A rule names the monitors it watches and a condition (the monitor's own calibrated alarm, or its
+statistic above a fixed value) that must hold for ``consecutive`` tested windows in a row; after
+it fires, it stays quiet for ``cooldown_s`` seconds. :class:`AlertManager` applies the rules to each
+batch of results and hands alerts (and, to sinks that want them, every result) to its sinks. A
+failing sink is logged and never breaks the caller's request.
+
+Sinks: :class:`LogSink` (logger ``bastion.alerts``), :class:`WebhookSink` (JSON POST from a
+background thread) and :class:`PrometheusSink` (gauges and counters in a caller's registry).
+
+Example:
+    >>> from bastion.guard.alerts import AlertManager, AlertRule, Condition
+    >>> from bastion.guard.monitors import MonitorResult
+    >>> rule = AlertRule(name="drift", condition=Condition.ALARM, consecutive=2)
+    >>> manager = AlertManager([rule], sinks=[])
+    >>> hit = MonitorResult(name="input_ks", statistic=9.0, threshold=1.0, p_value=1e-9,
+    ...                     alarm=True, evaluated=True, samples_seen=200)
+    >>> manager.process([hit]), [a.rule for a in manager.process([hit])]
+    ([], ['drift'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from bastion.core.errors import ConfigurationError
+from bastion.core.results import Result
+from bastion.guard._alert_sinks import AlertSink, PrometheusSink, WebhookSink
+from bastion.guard.monitors import MonitorResult
+
+__all__ = [
+    "Alert",
+    "AlertManager",
+    "AlertRule",
+    "AlertSink",
+    "Condition",
+    "LogSink",
+    "PrometheusSink",
+    "Severity",
+    "WebhookSink",
+]
+
+_log = logging.getLogger("bastion.alerts")
+
+
+class Condition(enum.Enum):
+    """When a monitor result counts towards a rule."""
+
+    ALARM = "alarm"  # the monitor's calibrated alarm
+    STATISTIC_ABOVE = "statistic_above"  # statistic > AlertRule.value
+
+
+class Severity(enum.Enum):
+    """How urgent an alert is; maps onto logging levels."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def log_level(self) -> int:
+        return {"info": logging.INFO, "warning": logging.WARNING}.get(self.value, logging.CRITICAL)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlertRule:
+    """One alert rule.
+
+    Attributes:
+        name: the rule's name (appears in every alert and metric).
+        monitors: monitor names watched; empty means every monitor. Each monitor is tracked
+            separately.
+        condition: what counts as a hit.
+        value: the statistic threshold for :attr:`Condition.STATISTIC_ABOVE`.
+        consecutive: hits needed in a row (on tested windows) before the rule fires.
+        cooldown_s: seconds after firing during which the rule stays quiet for that monitor.
+        severity: carried by the alert.
+    """
+
+    name: str
+    monitors: tuple[str, ...] = ()
+    condition: Condition = Condition.ALARM
+    value: float | None = None
+    consecutive: int = 1
+    cooldown_s: float = 0.0
+    severity: Severity = Severity.WARNING
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigurationError("an alert rule needs a name")
+        if isinstance(self.monitors, str):
+            raise ConfigurationError("monitors must be a tuple of names, not one string")
+        if self.consecutive < 1:
+            raise ConfigurationError(f"consecutive must be at least 1, got {self.consecutive}")
+        if self.cooldown_s < 0:
+            raise ConfigurationError(f"cooldown_s must be >= 0, got {self.cooldown_s}")
+        if (self.condition is Condition.STATISTIC_ABOVE) != (self.value is not None):
+            raise ConfigurationError(
+                "value is required with Condition.STATISTIC_ABOVE and meaningless otherwise"
+            )
+
+    def watches(self, monitor: str) -> bool:
+        return not self.monitors or monitor in self.monitors
+
+    def hit(self, result: MonitorResult) -> bool:
+        if self.condition is Condition.ALARM:
+            return result.alarm
+        assert self.value is not None
+        return not math.isnan(result.statistic) and result.statistic > self.value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Alert(Result):
+    """A fired rule: what, where, how bad, and the numbers behind it (never any input data)."""
+
+    rule: str
+    monitor: str
+    severity: Severity
+    time: str
+    statistic: float
+    threshold: float
+    p_value: float | None
+    consecutive: int
+    message: str
+
+
+class LogSink(AlertSink):
+    """Log each alert on ``logger`` (default ``bastion.alerts``) at its severity's level."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or _log
+
+    def emit(self, alert: Alert) -> None:
+        self.logger.log(
+            alert.severity.log_level, "%s", alert.message, extra={"alert": alert.to_dict()}
+        )
+
+
+class AlertManager:
+    """Apply rules to monitor results and dispatch alerts to sinks; thread-safe.
+
+    Args:
+        rules: the alert rules; names must be unique.
+        sinks: where alerts go, in order.
+        clock: monotonic seconds, for cooldowns (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        rules: Sequence[AlertRule],
+        sinks: Sequence[AlertSink] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"alert rule names must be unique, got {names}")
+        self.rules = tuple(rules)
+        self.sinks = tuple(sinks)
+        self._clock = clock
+        self._streak: dict[tuple[str, str], int] = {}
+        self._last_fired: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def process(self, results: Iterable[MonitorResult]) -> list[Alert]:
+        """Update rule state with ``results``; return (and dispatch) the alerts fired."""
+        results = list(results)
+        fired: list[Alert] = []
+        with self._lock:
+            now = self._clock()
+            for rule in self.rules:
+                for res in results:
+                    if not (res.evaluated and rule.watches(res.name)):
+                        continue
+                    key = (rule.name, res.name)
+                    streak = self._streak.get(key, 0) + 1 if rule.hit(res) else 0
+                    self._streak[key] = streak
+                    last = self._last_fired.get(key)
+                    cooling = last is not None and now - last < rule.cooldown_s
+                    if streak >= rule.consecutive and not cooling:
+                        self._last_fired[key] = now
+                        fired.append(_make_alert(rule, res, streak))
+        for sink in self.sinks:
+            self._safely(sink.observe, results)
+            for alert in fired:
+                self._safely(sink.emit, alert)
+        return fired
+
+    def close(self) -> None:
+        """Close every sink (flushes background senders)."""
+        for sink in self.sinks:
+            self._safely(sink.close)
+
+    @staticmethod
+    def _safely(fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a sink must never break the request path
+            _log.exception("alert sink %s failed", getattr(fn, "__self__", fn))
+
+
+def _make_alert(rule: AlertRule, res: MonitorResult, streak: int) -> Alert:
+    what = "alarm" if rule.condition is Condition.ALARM else f"statistic > {rule.value:g}"
+    return Alert(
+        rule=rule.name,
+        monitor=res.name,
+        severity=rule.severity,
+        time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        statistic=res.statistic,
+        threshold=res.threshold,
+        p_value=res.p_value,
+        consecutive=streak,
+        message=(
+            f"[{rule.severity.value}] {rule.name}: monitor {res.name} {what} for {streak} "
+            f"window(s) (statistic {res.statistic:.4g}, threshold {res.threshold:.4g})"
+        ),
+    )

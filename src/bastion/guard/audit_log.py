@@ -1,0 +1,223 @@
+"""Append-only audit log of every request: id, time, input digest, decisions and results.
+
+The raw input is never stored: only its SHA-256 over a canonical encoding (:func:`digest_input`).
+SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=FULL`` so an
+``append`` that returned has been committed and fsynced, triggers that abort any UPDATE or DELETE,
+one connection behind a lock so server threads can share it. ``AuditLog.open("postgresql://...")``
+shares one log between replicas (needs ``psycopg``).
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "audit.db"
+    >>> with AuditLog.open(path) as log:
+    ...     log.append(AuditRecord.create(inputs=torch.zeros(2, 3), prediction=[0, 1]))
+    ...     [r.prediction for r in log.rows()]
+    [[0, 1]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from bastion.core.atomic import atomic_open
+from bastion.core.errors import ConfigurationError
+from bastion.core.results import Result, to_jsonable
+
+__all__ = ["AuditLog", "AuditRecord", "Outcome", "digest_input"]
+
+
+class Outcome(enum.Enum):
+    """What the server did with a request."""
+
+    ANSWERED = "answered"
+    REFUSED = "refused"
+
+
+def digest_input(data: torch.Tensor | np.ndarray | bytes | str) -> str:
+    """SHA-256 (hex) of an input's canonical bytes: dtype, shape and C-order little-endian data.
+
+    Equal tensors give equal digests whatever their device, strides or memory layout; bytes and
+    strings (UTF-8) are hashed as given.
+
+    Example:
+        >>> import torch
+        >>> digest_input(torch.zeros(2, 2)) == digest_input(torch.zeros(4).reshape(2, 2).t())
+        True
+    """
+    h = hashlib.sha256()
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        h.update(b"bastion-bytes-v1\0")
+        h.update(bytes(data))
+        return h.hexdigest()
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().contiguous().numpy()
+    arr = np.ascontiguousarray(data)
+    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    header = json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape)}, sort_keys=True)
+    h.update(b"bastion-array-v1\0" + header.encode("ascii") + b"\0")
+    h.update(arr.tobytes(order="C"))
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditRecord(Result):
+    """One request as recorded.
+
+    Attributes:
+        request_id: unique id of the request.
+        time: UTC ISO-8601 time with milliseconds.
+        input_digest: :func:`digest_input` of the request's input.
+        outcome: answered or refused.
+        reason: why a request was refused (None when answered).
+        validation: the validation result (JSON values), if any.
+        prediction: what the model answered (JSON values), if anything.
+        checks: output check results.
+        monitors: monitor results of this request's batch.
+    """
+
+    request_id: str
+    time: str
+    input_digest: str
+    outcome: Outcome = Outcome.ANSWERED
+    reason: str | None = None
+    validation: Any = None
+    prediction: Any = None
+    checks: Any = None
+    monitors: Any = None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        inputs: torch.Tensor | np.ndarray | bytes | str,
+        request_id: str | None = None,
+        outcome: Outcome = Outcome.ANSWERED,
+        reason: str | None = None,
+        validation: Any = None,
+        prediction: Any = None,
+        checks: Any = None,
+        monitors: Sequence[Any] | None = None,
+    ) -> AuditRecord:
+        """Build a record now: digests ``inputs`` and turns results into JSON values."""
+        return cls(
+            request_id=request_id or uuid.uuid4().hex,
+            time=_now(),
+            input_digest=digest_input(inputs),
+            outcome=outcome,
+            reason=reason,
+            validation=to_jsonable(validation),
+            prediction=to_jsonable(prediction),
+            checks=to_jsonable(checks),
+            monitors=to_jsonable(list(monitors) if monitors is not None else None),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["outcome"] = Outcome(values.get("outcome", Outcome.ANSWERED.value))
+        return cls(**values)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _since_text(since: dt.datetime | str | None) -> str | None:
+    if since is None or isinstance(since, str):
+        return since
+    if since.tzinfo is None:
+        raise ConfigurationError("since must be timezone-aware (audit times are UTC)")
+    return since.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class AuditLog:
+    """An append-only audit log; use :meth:`open` to get one.
+
+    Appends are thread-safe and durable when they return. There is no update or delete API, and
+    the database itself refuses UPDATE and DELETE on the table.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    @classmethod
+    def open(cls, target: str | Path) -> AuditLog:
+        """Open (creating if needed) a log: a file path or ``sqlite:///path``, or ``postgresql://``.
+
+        Raises:
+            ConfigurationError: unknown URL scheme, or ``psycopg`` missing for PostgreSQL.
+        """
+        text = str(target)
+        scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+        if scheme in ("postgresql", "postgres"):
+            from bastion.guard._audit_postgres import PostgresBackend
+
+            return cls(PostgresBackend(text))
+        if scheme == "sqlite":
+            text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else ""
+            if not text:
+                raise ConfigurationError("sqlite URLs look like sqlite:///path/to/audit.db")
+        elif scheme:
+            raise ConfigurationError(
+                f"unsupported audit log URL scheme {scheme!r}; use a file path, sqlite:///path or "
+                "postgresql://user@host/db"
+            )
+        from bastion.guard._audit_sqlite import SQLiteBackend
+
+        return cls(SQLiteBackend(Path(text)))
+
+    def append(self, record: AuditRecord) -> None:
+        """Append one record; returns only once it is committed (and, on SQLite, fsynced)."""
+        self._backend.append(record.request_id, record.time, record.outcome.value,
+                             json.dumps(record.to_dict(), sort_keys=True, allow_nan=False))
+
+    def rows(
+        self, *, since: dt.datetime | str | None = None, limit: int | None = None
+    ) -> list[AuditRecord]:
+        """Records in append order, optionally from time ``since`` on and at most ``limit``."""
+        if limit is not None and limit < 0:
+            raise ConfigurationError(f"limit must be >= 0, got {limit}")
+        return [AuditRecord.from_dict(json.loads(t)) for t in self._iter(since, limit)]
+
+    def __len__(self) -> int:
+        return int(self._backend.count())
+
+    def export_jsonl(self, path: str | Path, *, since: dt.datetime | str | None = None) -> int:
+        """Write records as JSON lines to ``path`` atomically; returns how many were written."""
+        n = 0
+        with atomic_open(path, 0o600) as handle:
+            for text in self._iter(since, None):
+                handle.write(text.encode("utf-8") + b"\n")
+                n += 1
+        return n
+
+    def _iter(self, since: dt.datetime | str | None, limit: int | None) -> Iterator[str]:
+        return iter(self._backend.records(_since_text(since), limit))
+
+    def close(self) -> None:
+        """Close the underlying connection(s)."""
+        self._backend.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,336 @@
+"""The monitor shape (DESIGN.md's detector contract), its calibration and its bounded window.
+
+A monitor is fitted on reference data, then fed batch by batch. It keeps fixed-size state: the
+reference statistics its test needs and a ring buffer of the last ``window`` per-sample features.
+Its alarm threshold is calibrated to a false-alarm rate on the reference itself: the reference is
+split, statistics are fitted on one part, and the test statistic of ``n_windows`` random windows
+of the production window size drawn from the other part gives the null distribution. Two-sample
+tests on large samples flag differences nobody cares about (evidently#50, alibi-detect#646);
+calibrating on windows of the size actually tested avoids trusting ``p < 0.05`` raw.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import math
+import threading
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.core.results import Result
+
+__all__ = ["Calibration", "Monitor", "MonitorResult", "Source", "WindowStatistic"]
+
+M = TypeVar("M", bound="Monitor")
+
+
+class Source(enum.Enum):
+    """What a monitor watches: the model's inputs or its outputs (logits or probabilities)."""
+
+    INPUTS = "inputs"
+    OUTPUTS = "outputs"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """How a monitor's window is sized and its alarm threshold calibrated.
+
+    Attributes:
+        window: samples per tested window (the ring buffer size); the null distribution is
+            simulated for exactly this size.
+        false_alarm_rate: target probability that a window of clean data raises an alarm.
+        n_windows: reference windows drawn to estimate the threshold (its ``1 - rate`` quantile).
+        reference_fraction: share of the reference used for the test's statistics; the rest is
+            held out to draw calibration windows from.
+        seed: seeds the split and the window draws, so calibration is reproducible.
+        test_every: the window is re-tested once this many new samples have arrived (a test
+            costs the same for one new sample as for a full window); None means
+            ``max(1, window // 10)``. Updates in between return the last verdict with
+            ``evaluated=False``.
+    """
+
+    window: int = 200
+    false_alarm_rate: float = 0.05
+    n_windows: int = 200
+    reference_fraction: float = 0.5
+    seed: int = 0
+    test_every: int | None = None
+
+    @property
+    def stride(self) -> int:
+        """Samples between two tests of the window."""
+        return max(1, self.window // 10) if self.test_every is None else self.test_every
+
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ConfigurationError(f"window must be at least 2, got {self.window}")
+        if not 0.0 < self.false_alarm_rate < 1.0:
+            raise ConfigurationError(
+                f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}"
+            )
+        if self.n_windows * self.false_alarm_rate < 1.0:
+            raise ConfigurationError(
+                f"n_windows={self.n_windows} is too few to estimate a {self.false_alarm_rate} "
+                f"quantile; use at least {math.ceil(1 / self.false_alarm_rate)}"
+            )
+        if self.test_every is not None and self.test_every < 1:
+            raise ConfigurationError(f"test_every must be at least 1, got {self.test_every}")
+        if not 0.0 < self.reference_fraction < 1.0:
+            raise ConfigurationError(
+                f"reference_fraction must be in (0, 1), got {self.reference_fraction}"
+            )
+
+    def split(self, n: int) -> tuple[Tensor, Tensor]:
+        """Indices of the reference part used for statistics and of the held-out part.
+
+        Seeded by ``seed``; :meth:`Monitor.fit` uses exactly this split.
+        """
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_stats = int(round(n * self.reference_fraction))
+        return perm[:n_stats], perm[n_stats:]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitorResult(Result):
+    """One monitor's verdict on its current window.
+
+    Attributes:
+        name: the monitor's name (unique within a suite).
+        statistic: the window's test statistic (higher = more suspicious); NaN until ready.
+        threshold: the calibrated alarm threshold on ``statistic``.
+        p_value: the test's p-value where it has one (corrected for multiple tests), else None.
+        alarm: ``statistic > threshold`` on the last tested full window.
+        evaluated: whether this update tested the window (False before the window is full and
+            between tests, see ``Calibration.test_every``); alert rules count only these.
+        samples_seen: samples fed since fitting (or the last reset).
+        detail: test-specific extras (JSON values).
+    """
+
+    name: str
+    statistic: float
+    threshold: float
+    p_value: float | None
+    alarm: bool
+    evaluated: bool
+    samples_seen: int
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WindowStatistic(Result):
+    """A test statistic of one window (what the functional forms return).
+
+    Attributes:
+        statistic: higher = more suspicious.
+        p_value: the test's p-value where it has one, else None.
+        detail: test-specific extras (JSON values).
+    """
+
+    statistic: float
+    p_value: float | None = None
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class _Window:
+    """Ring buffer of the last ``size`` feature rows; its memory is allocated once."""
+
+    def __init__(self, size: int, width: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.buffer = torch.empty(size, width, dtype=dtype, device=device)
+        self.pos = 0
+        self.count = 0
+
+    def push(self, rows: Tensor) -> None:
+        size = self.buffer.shape[0]
+        rows = rows[-size:]
+        n = rows.shape[0]
+        first = min(n, size - self.pos)
+        self.buffer[self.pos : self.pos + first] = rows[:first]
+        self.buffer[: n - first] = rows[first:]
+        self.pos = (self.pos + n) % size
+        self.count = min(self.count + n, size)
+
+    def values(self) -> Tensor:
+        return self.buffer[: self.count]  # order is irrelevant to two-sample tests
+
+    @property
+    def full(self) -> bool:
+        return self.count == self.buffer.shape[0]
+
+
+def _as_batch(x: Tensor, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise InputValidationError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise InputValidationError(f"{what} must be a non-empty batch, got shape {tuple(x.shape)}")
+    return x
+
+
+class Monitor(abc.ABC):
+    """Base of every monitor: ``fit`` / ``score`` / ``threshold`` / ``update``.
+
+    Subclasses implement three hooks: ``_features`` (raw batch to per-sample feature rows),
+    ``_fit_reference`` (store the statistics of the reference part) and ``_test`` (statistic of a
+    window of feature rows). The base owns calibration, the window and the result.
+    """
+
+    source: Source = Source.INPUTS
+    default_name = "monitor"
+
+    def __init__(self, *, name: str | None = None, calibration: Calibration | None = None) -> None:
+        self.name = name or self.default_name
+        self.calibration = calibration or Calibration()
+        self._alarm_threshold = math.nan
+        self._window: _Window | None = None
+        self._width = 0
+        self._lock = threading.Lock()
+        self.samples_seen = 0
+        self._pending = 0
+        self.last_result: MonitorResult | None = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _features(self, x: Tensor) -> Tensor:
+        """Map a raw batch to ``(B, k)`` per-sample feature rows."""
+
+    @abc.abstractmethod
+    def _fit_reference(self, features: Tensor) -> None:
+        """Store what ``_test`` needs from the reference part."""
+
+    @abc.abstractmethod
+    def _test(self, window: Tensor) -> WindowStatistic:
+        """Test statistic (higher = more suspicious) of a window of feature rows."""
+
+    # -- contract ------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The calibrated alarm threshold on the window statistic (NaN before ``fit``)."""
+        return self._alarm_threshold
+
+    @property
+    def fitted(self) -> bool:
+        return self._window is not None
+
+    def fit(self: M, reference: Tensor) -> M:
+        """Fit reference statistics and calibrate the threshold; returns ``self``.
+
+        Raises:
+            InputValidationError: the reference is not a finite batch large enough to split.
+        """
+        cal = self.calibration
+        feats = self._checked_features(_as_batch(reference, "reference"), "reference")
+        n = feats.shape[0]
+        stats_idx, held_idx = cal.split(n)
+        n_stats = stats_idx.numel()
+        if n_stats < 2 or held_idx.numel() < cal.window:
+            raise InputValidationError(
+                f"{self.name}: a reference of {n} samples is too small; it needs "
+                f"{cal.window} held-out samples beyond the {cal.reference_fraction:.0%} used for "
+                f"statistics (got {n - n_stats}); give more reference data or a smaller window"
+            )
+        gen = torch.Generator().manual_seed(cal.seed + 1)
+        held_out = feats[held_idx.to(feats.device)]
+        self._fit_reference(feats[stats_idx.to(feats.device)])
+        null = torch.tensor(
+            [
+                self._test(held_out[torch.randperm(held_out.shape[0], generator=gen)[: cal.window]
+                                    .to(feats.device)]).statistic
+                for _ in range(cal.n_windows)
+            ],
+            dtype=torch.float64,
+        )
+        null = torch.nan_to_num(null, nan=-math.inf)
+        self._alarm_threshold = float(
+            torch.quantile(null, 1.0 - cal.false_alarm_rate, interpolation="higher")
+        )
+        self._width = feats.shape[1]
+        self._window = _Window(cal.window, self._width, feats.dtype, feats.device)
+        self.samples_seen = self._pending = 0
+        self.last_result = None
+        return self
+
+    def score(self, x: Tensor) -> Tensor:
+        """The test statistic of ``x`` taken as one window (a 0-d tensor; higher = more suspicious)."""
+        self._require_fit()
+        feats = self._checked_features(_as_batch(x, "x"), "x")
+        return torch.tensor(self._test(feats).statistic, dtype=torch.float64)
+
+    def update(self, batch: Tensor) -> MonitorResult:
+        """Push a batch into the window and test the window; thread-safe."""
+        self._require_fit()
+        feats = self._checked_features(_as_batch(batch, "batch"), "batch")
+        with self._lock:
+            assert self._window is not None
+            self._window.push(feats)
+            self.samples_seen += feats.shape[0]
+            self._pending += feats.shape[0]
+            fill = {"window_fill": self._window.count}
+            if self._window.full and self._pending >= self.calibration.stride:
+                self._pending = 0
+                test = self._test(self._window.values())
+                result = MonitorResult(
+                    name=self.name, statistic=test.statistic, threshold=self._alarm_threshold,
+                    p_value=test.p_value, alarm=bool(test.statistic > self._alarm_threshold),
+                    evaluated=True, samples_seen=self.samples_seen, detail={**test.detail, **fill},
+                )
+            elif self.last_result is not None:
+                result = dataclasses.replace(
+                    self.last_result, evaluated=False, samples_seen=self.samples_seen
+                )
+            else:
+                result = MonitorResult(
+                    name=self.name, statistic=math.nan, threshold=self._alarm_threshold,
+                    p_value=None, alarm=False, evaluated=False, samples_seen=self.samples_seen,
+                    detail=fill,
+                )
+            self.last_result = result
+            return result
+
+    def reset(self) -> None:
+        """Empty the window (after a deliberate change of traffic); keeps the calibration."""
+        with self._lock:
+            if self._window is not None:
+                self._window.pos = self._window.count = 0
+            self.samples_seen = self._pending = 0
+            self.last_result = None
+
+    def state(self) -> dict[str, Any]:
+        """JSON summary: configuration, calibration and the last result."""
+        last = self.last_result
+        return {
+            "name": self.name,
+            "kind": type(self).__name__,
+            "source": self.source.value,
+            "threshold": None if math.isnan(self.threshold) else self.threshold,
+            "window": self.calibration.window,
+            "false_alarm_rate": self.calibration.false_alarm_rate,
+            "samples_seen": self.samples_seen,
+            "last": None if last is None else last.to_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, window={self.calibration.window})"
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _require_fit(self) -> None:
+        if self._window is None:
+            raise ConfigurationError(f"{self.name}: call fit(reference) before score or update")
+
+    def _checked_features(self, x: Tensor, what: str) -> Tensor:
+        feats = self._features(x)
+        if not torch.isfinite(feats).all():
+            bad = int((~torch.isfinite(feats)).any(dim=1).nonzero()[0])
+            raise InputValidationError(
+                f"{self.name}: {what} has non-finite values (first at sample {bad}); validate "
+                "inputs before monitoring them", sample_index=bad,
+            )
+        if self._window is not None and feats.shape[1] != self._width:
+            raise InputValidationError(
+                f"{self.name}: {what} has {feats.shape[1]} features per sample, the reference "
+                f"had {self._width}"
+            )
+        return feats
