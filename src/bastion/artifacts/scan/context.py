@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bastion.artifacts.scan.findings import Finding, Severity
 from bastion.artifacts.scan.limits import ScanLimits
 from bastion.artifacts.scan.policy import Policy
@@ -22,6 +24,9 @@ class ScanContext:
         self.findings: list[Finding] = []
         self.decompressed = 0
         self.streams = 0
+        self.depth = 0  # containers enclosing what is being scanned now
+        #: Scans bytes found inside a pickle (set by the container walker).
+        self.scan_nested: Callable[[ScanContext, memoryview, str], None] | None = None
         self._seen: set[tuple[str, str | None, str | None, str]] = set()
 
     def add(self, severity: Severity, kind: str, detail: str, location: str,
@@ -33,6 +38,21 @@ class ScanContext:
         self._seen.add(key)
         self.findings.append(Finding(severity=severity, kind=kind, detail=detail,
                                      location=location, module=module, name=name))
+
+    def child(self) -> ScanContext:
+        """A scratch context with the same policy, limits, depth and budgets so far."""
+        scratch = ScanContext(self.policy, self.limits)
+        scratch.decompressed, scratch.streams, scratch.depth = (
+            self.decompressed, self.streams, self.depth)
+        scratch.scan_nested = self.scan_nested
+        return scratch
+
+    def absorb(self, scratch: ScanContext, *, findings: bool) -> None:
+        """Take back the budgets a scratch context spent (and its findings, if asked)."""
+        self.decompressed, self.streams = scratch.decompressed, scratch.streams
+        if findings:
+            for f in scratch.findings:
+                self.add(f.severity, f.kind, f.detail, f.location, f.module, f.name)
 
     def charge(self, nbytes: int) -> bool:
         """Count decompressed bytes; False once the per-file budget is spent."""

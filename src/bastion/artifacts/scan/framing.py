@@ -31,6 +31,7 @@ _STORAGE_SIZES = {
     "Float8_e5m2fnuz": 1,
 }
 _DTYPE_CODE = re.compile(r"^[<>|=]?([a-zA-Z])(\d*)")
+_FLEXIBLE = {"S": 1, "a": 1, "U": 4, "V": 1}  # bytes per character of the code's length
 _FIXED_ITEMSIZE = {"b": 1, "B": 1, "?": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8,
                    "q": 8, "Q": 8, "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32}
 
@@ -57,6 +58,8 @@ def _numpy_dtype(value: Any) -> tuple[int, bool] | None:
     elsize = state[5] if len(state) > 5 and isinstance(state[5], int) else -1
     if kind == "O":
         return 8, True
+    if len(state) > 2 and state[2] is not None:
+        return None  # a subarray dtype: sized by its base and shape, not judged here
     if fields is not None:  # structured: every field's dtype decides whether objects hide
         if not isinstance(fields, DictValue) or elsize <= 0:
             return None
@@ -67,8 +70,13 @@ def _numpy_dtype(value: Any) -> tuple[int, bool] | None:
                 return None
             has_object = has_object or sub[1]
         return elsize, has_object
-    if elsize > 0:
-        return elsize, False
+    if kind in _FLEXIBLE:
+        # numpy takes a flexible dtype's size from the pickled state when there is one.
+        if elsize > 0:
+            return elsize, False
+        return (int(digits) * _FLEXIBLE[kind], False) if digits else None
+    # Fixed-size kinds: numpy ignores the state's elsize, so must we (a lying elsize would
+    # make the scanner skip fewer bytes than joblib reads and walk array bytes as opcodes).
     if digits:
         return int(digits), False
     if kind in _FIXED_ITEMSIZE:

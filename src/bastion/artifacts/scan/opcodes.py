@@ -18,9 +18,18 @@ import pickletools
 from collections.abc import Callable
 from typing import Any
 
+from bastion.artifacts.scan.bounds import excessive_call
 from bastion.artifacts.scan.context import ScanContext
 from bastion.artifacts.scan.findings import Severity
-from bastion.artifacts.scan.policy import ImportClass
+from bastion.artifacts.scan.policy import ImportClass, normalise
+from bastion.artifacts.scan.streamchecks import (
+    TYPE_TAGS,
+    FrameTracker,
+    byte_constants,
+    check_memo_index,
+    consumed_call,
+    forwarded_calls,
+)
 from bastion.artifacts.scan.values import Call, DictValue, Global, Opaque, Reader
 
 __all__ = ["Call", "DictValue", "Global", "PickleWalk", "Reader", "walk_pickle"]
@@ -77,6 +86,8 @@ class _Machine:
         self.marks: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.walk = PickleWalk()
+        self.frames = FrameTracker(ctx, location)
+        self.count = 0  # opcodes read so far
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -110,11 +121,44 @@ class _Machine:
         # One finding per import per stream: the location is the stream, not each offset.
         self.ctx.add(_SEVERITY[verdict], _KIND[verdict],
                      f"{via} imports {module}.{name}, which {what}", self.loc, module, name)
-        return Global(module, name)
+        return Global(*normalise(module, name))  # what the unpickler imports (fix_imports)
+
+    def _call(self, func: Any, args: Any, op: str, pos: int) -> Call:
+        """A call the unpickler makes: judge the callee, its arguments, the calls it makes in
+        turn, and any nested pickle or archive passed to it as bytes."""
+        self._callee(func, op, pos)
+        self._arguments(func, args, op, pos)
+        for inner, inner_args in forwarded_calls(func, args):
+            via = f"{op} of {func.module}.{func.name}"
+            self._callee(inner, via, pos)
+            self._arguments(inner, inner_args, via, pos)
+        nested = self.ctx.scan_nested
+        if nested is not None:
+            for blob in byte_constants(args):
+                nested(self.ctx, memoryview(blob), f"{self._at(pos)}+bytes")
+        return Call(func, args)
+
+    def _arguments(self, func: Any, args: Any, op: str, pos: int) -> None:
+        if not isinstance(func, Global):
+            return
+        problem = excessive_call(func.module, func.name, args)
+        if problem is not None:
+            self.ctx.add(Severity.WARNING, "allocation-bomb", f"{op}: {problem}", self._at(pos),
+                         func.module, func.name)
+        if consumed_call(func, args):
+            self.ctx.add(Severity.WARNING, "iterates-call",
+                         f"{op} calls {func.module}.{func.name} on a value built by another call, "
+                         "which may be lazy and unbounded (list(range(2**40)) is a memory bomb)",
+                         self._at(pos), func.module, func.name)
 
     def _callee(self, func: Any, op: str, pos: int) -> None:
         self.walk.risky = True
         if isinstance(func, Global):
+            if func in TYPE_TAGS:
+                self.ctx.add(Severity.WARNING, "type-called",
+                             f"{op} calls {func.module}.{func.name}, which checkpoints only name "
+                             "as a type: called directly it allocates whatever size the pickle "
+                             "asks for", self._at(pos), func.module, func.name)
             return
         if isinstance(func, Opaque):
             return  # already reported (unresolved import / EXT)
@@ -180,19 +224,22 @@ class _Machine:
             if not st:
                 raise ValueError("memo store from an empty stack")
             key = len(self.memo) if name == "MEMOIZE" else int(arg)
+            check_memo_index(self.ctx, self._at(pos), name, key, self.count)
             if key not in self.memo and len(self.memo) >= self.ctx.limits.max_memo:
                 raise _LimitError(f"more than {self.ctx.limits.max_memo} memo entries")
             self.memo[key] = st[-1]
         elif name in _MEMO_GET:
             if int(arg) not in self.memo:
-                raise ValueError(f"memo key {arg} is missing")
+                check_memo_index(self.ctx, self._at(pos), name, int(arg), self.count)
+                raise ValueError(f"{name} of memo key {arg}, which was never set (the "
+                                 "unpickler rejects this malformed stream)")
             self._push(self.memo[int(arg)])
         elif name in ("GLOBAL", "INST"):
             module, gname = _read_pair(reader, pos)
             glob = self._import(module, gname, pos, name)
             if name == "INST":
                 args = self._pop_mark()
-                self._push(Call(glob, tuple(args)))
+                self._push(self._call(glob, tuple(args), name, pos))
             else:
                 self._push(glob)
         elif name == "STACK_GLOBAL":
@@ -213,19 +260,16 @@ class _Machine:
             self._push(Opaque("extension"))
         elif name == "REDUCE":
             args, func = self._pop(), self._pop()
-            self._callee(func, name, pos)
-            self._push(Call(func, args))
+            self._push(self._call(func, args, name, pos))
         elif name in ("NEWOBJ", "NEWOBJ_EX"):
             kwargs = self._pop() if name == "NEWOBJ_EX" else None
             args, cls = self._pop(), self._pop()
-            self._callee(cls, name, pos)
-            self._push(Call(cls, args if kwargs is None else (args, kwargs)))
+            self._push(self._call(cls, args if kwargs is None else (args, kwargs), name, pos))
         elif name == "OBJ":
             items = self._pop_mark()
             if not items:
                 raise ValueError("OBJ without a class")
-            self._callee(items[0], name, pos)
-            self._push(Call(items[0], tuple(items[1:])))
+            self._push(self._call(items[0], tuple(items[1:]), name, pos))
         elif name == "BUILD":
             state = self._pop()
             if not st:
@@ -239,7 +283,7 @@ class _Machine:
         elif name == "NEXT_BUFFER":
             self._push(Opaque("out-of-band buffer"))
         elif name == "FRAME":
-            reader.frame_end = reader.pos + int(arg)
+            self.frames.on_frame(reader, int(arg), pos)
         elif name in ("PROTO", "READONLY_BUFFER", "STOP"):
             pass
         else:  # pragma: no cover - genops knows no other opcodes
@@ -317,6 +361,8 @@ def walk_pickle(buf: memoryview, start: int, ctx: ScanContext, location: str, *,
             count += 1
             if count > ctx.limits.max_opcodes:
                 raise _LimitError(f"more than {ctx.limits.max_opcodes} opcodes")
+            machine.count = count
+            machine.frames.after_opcode(reader, last, reader.pos)
             machine.step(op.name, arg, last, reader)
             if op.name == "STOP":
                 walk.end = reader.pos

@@ -30,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_POLICY", "ImportClass", "Policy", "load_policy"]
+__all__ = ["DEFAULT_POLICY", "ImportClass", "Policy", "load_policy", "normalise"]
 
 
 class ImportClass(enum.Enum):
@@ -195,7 +195,7 @@ _DANGEROUS_MODULES: frozenset[str] = frozenset(
 _SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*\.(\*|[A-Za-z_][\w]*)$")
 
 
-def _normalise(module: str, name: str) -> tuple[str, str]:
+def normalise(module: str, name: str) -> tuple[str, str]:
     """Map Python 2 names the way the unpickler does (``fix_imports``), e.g. ``__builtin__``."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
         return _compat_pickle.NAME_MAPPING[(module, name)]
@@ -241,7 +241,7 @@ class Policy:
 
     def classify(self, module: str, name: str) -> ImportClass:
         """Judge one import, after the same Python 2 name mapping the unpickler applies."""
-        module, name = _normalise(module, name)
+        module, name = normalise(module, name)
         if _is_dangerous(module, name):
             return ImportClass.DANGEROUS
         if (module, name) in _SAFE_PAIRS or (module, name) in self.allow:
