@@ -1,0 +1,187 @@
+"""Which attacks an evaluation runs: the default ensemble, attacks by name, and rebuilding an
+attack at another eps.
+
+The default ensemble, cheapest first, each attack run only on the samples every earlier one
+missed (and every attack stops per sample as soon as it breaks it):
+
+1. **APGD-CE**, 100 steps, no restart: breaks almost every breakable sample of an undefended
+   model within a few steps, so it decides the cost on most models.
+2. **APGD-T** (targeted DLR, the 9 most likely wrong classes, 100 steps each): the DLR loss is
+   invariant to shifting and scaling the logits, so it defeats saturated softmax (defensive
+   distillation) and catches the samples CE misses on adversarially trained models.
+3. **Square**, 5,000 queries, margin loss: a score-based black box that needs no gradient at all,
+   so gradient masking cannot hide a sample from it; it runs last, only on the few survivors.
+
+This is AutoAttack's standard version (Croce & Hein 2020) without FAB-T: in AutoAttack's own
+reports FAB-T almost never breaks a sample that APGD-CE and APGD-T missed, and it costs as much
+as APGD-T. It is much cheaper than AutoAttack because each attack stops per sample at its
+first success instead of spending its full budget. Models with fewer than 4 classes get APGD with
+the CW margin loss instead of APGD-T (targeted DLR needs 4 classes; AutoAttack skips it too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bastion.attacks import APGD, APGDT, FGSM, MIFGSM, PGD, Attack, Loss, Square
+from bastion.core.errors import ConfigurationError
+from bastion.core.threat import ThreatModel
+
+__all__ = [
+    "AttackFactory",
+    "AttackName",
+    "attack_label",
+    "at_threat",
+    "build_named",
+    "default_ensemble",
+    "dlr_note",
+    "is_black_box",
+]
+
+AttackFactory = Callable[[ThreatModel], Attack]
+
+
+class AttackName(enum.Enum):
+    """Attacks selectable by name (``bastion evaluate --attacks``)."""
+
+    DEFAULT = "default"
+    FGSM = "fgsm"
+    PGD = "pgd"
+    MI_FGSM = "mi-fgsm"
+    APGD_CE = "apgd-ce"
+    APGD_DLR = "apgd-dlr"
+    APGD_T = "apgd-t"
+    SQUARE = "square"
+    DEEPFOOL = "deepfool"
+    CW = "cw"
+
+    @classmethod
+    def parse(cls, value: AttackName | str) -> AttackName:
+        if isinstance(value, AttackName):
+            return value
+        text = str(value).strip().lower().replace("_", "-")
+        try:
+            return cls(text)
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ConfigurationError(f"unknown attack {value!r}: use one of {valid}") from None
+
+    @classmethod
+    def parse_list(cls, text: str) -> list[AttackName]:
+        """Parse ``"fgsm,pgd,square"``; an empty list is an error."""
+        names = [cls.parse(part) for part in text.split(",") if part.strip()]
+        if not names:
+            raise ConfigurationError("--attacks needs at least one attack name")
+        return names
+
+
+def _optional(class_name: str) -> AttackFactory:
+    """Attacks written elsewhere in bastion.attacks, imported when used."""
+
+    def build(threat: ThreatModel) -> Attack:
+        import bastion.attacks as attacks
+
+        cls = getattr(attacks, class_name, None)
+        if cls is None:
+            raise ConfigurationError(
+                f"{class_name} is not available in this version of bastion.attacks"
+            )
+        attack: Attack = cls(threat=threat)
+        return attack
+
+    return build
+
+
+_TABLE: dict[AttackName, AttackFactory] = {
+    AttackName.FGSM: lambda t: FGSM(t),
+    AttackName.PGD: lambda t: PGD(threat=t, steps=40),
+    AttackName.MI_FGSM: lambda t: MIFGSM(t),
+    AttackName.APGD_CE: lambda t: APGD(threat=t, loss=Loss.CE, steps=100, label="apgd-ce"),
+    AttackName.APGD_DLR: lambda t: APGD(threat=t, loss=Loss.DLR, steps=100, label="apgd-dlr"),
+    AttackName.APGD_T: lambda t: APGDT(t, targets=9, steps=100),
+    AttackName.SQUARE: lambda t: Square(threat=t, queries=5000),
+    AttackName.DEEPFOOL: _optional("DeepFool"),
+    AttackName.CW: _optional("CW"),
+}
+
+
+def default_ensemble(num_classes: int) -> tuple[list[AttackFactory], list[str]]:
+    """The default factories for a model with ``num_classes`` classes, and notes on changes.
+
+    Example:
+        >>> factories, notes = default_ensemble(10)
+        >>> [attack_label(f(ThreatModel(eps=0.1))) for f in factories]
+        ['apgd-ce', 'apgd-t', 'square']
+    """
+    notes: list[str] = []
+    middle = _TABLE[AttackName.APGD_T]
+    if num_classes < 4:
+        notes.append(
+            f"APGD-T (targeted DLR) needs at least 4 classes, the model has {num_classes}: "
+            "replaced by APGD with the CW margin loss"
+        )
+
+        def middle(t: ThreatModel) -> Attack:
+            return APGD(threat=t, loss=Loss.MARGIN, steps=100, label="apgd-margin")
+
+    return [_TABLE[AttackName.APGD_CE], middle, _TABLE[AttackName.SQUARE]], notes
+
+
+def build_named(names: Sequence[AttackName | str], num_classes: int) -> tuple[
+    list[AttackFactory], list[str]
+]:
+    """Factories for attack names (``default`` expands to the default ensemble)."""
+    factories: list[AttackFactory] = []
+    notes: list[str] = []
+    for raw in names:
+        name = AttackName.parse(raw)
+        if name is AttackName.DEFAULT:
+            more, extra = default_ensemble(num_classes)
+            factories += more
+            notes += extra
+        else:
+            factories.append(_TABLE[name])
+    return factories, notes
+
+
+def at_threat(attack: Attack, threat: ThreatModel) -> Attack:
+    """``attack`` rebuilt for ``threat``; an explicit ``step_size`` scales with eps."""
+    if not isinstance(attack, Attack):
+        raise ConfigurationError(
+            f"attacks must be bastion attacks or factories ThreatModel -> Attack, got "
+            f"{type(attack).__name__}"
+        )
+    changes: dict[str, Any] = {"threat": threat}
+    old = attack.threat.eps
+    step = getattr(attack, "step_size", None)
+    if isinstance(step, float) and old > 0:
+        changes["step_size"] = step * threat.eps / old if threat.eps > 0 else None
+    return dataclasses.replace(attack, **changes)
+
+
+def attack_label(attack: Attack) -> str:
+    """The name reports use: the attack's ``label`` field when it has one, else its ``name``."""
+    label = getattr(attack, "label", None)
+    return str(label) if isinstance(label, str) and label else attack.name
+
+
+def is_black_box(attack: Attack) -> bool:
+    """Score-based attacks that never read a gradient."""
+    return isinstance(attack, Square) or attack.name == "square"
+
+
+def dlr_note(attack: Attack, num_classes: int) -> str | None:
+    """Why ``attack`` cannot run on a model with ``num_classes`` classes (DLR losses), or None."""
+    if getattr(attack, "loss", None) is not Loss.DLR:
+        return None
+    targeted = attack.targeted or bool(getattr(attack, "targeted_classes", 0))
+    need = 4 if targeted else 3
+    if num_classes >= need:
+        return None
+    return (
+        f"skipped: the {'targeted ' if targeted else ''}DLR loss needs at least {need} classes, "
+        f"the model has {num_classes}"
+    )
