@@ -64,7 +64,7 @@ def _guarded(module: str, name: str, real: Any) -> Callable[..., Any]:
 _GUARDED: frozenset[tuple[str, str]] = frozenset({
     ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "range"),
     ("fractions", "Fraction"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.ma.core", "_mareconstruct"),
 })
 
 

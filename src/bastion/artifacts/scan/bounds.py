@@ -20,8 +20,10 @@ __all__ = ["MAX_ITEMS", "excessive_call"]
 #: Items (or bytes) one call may create from a number in the pickle; real data arrives as bytes.
 MAX_ITEMS = 1 << 24
 _RATIONAL = re.compile(r"\s*[-+]?\d{1,4300}(/\d{1,4300})?\s*\Z")
-_RECONSTRUCT = frozenset({("numpy.core.multiarray", "_reconstruct"),
-                          ("numpy._core.multiarray", "_reconstruct")})
+#: numpy helpers that allocate an array of a pickled shape first: position of the shape.
+_SHAPED = {("numpy.core.multiarray", "_reconstruct"): 1,
+           ("numpy._core.multiarray", "_reconstruct"): 1,
+           ("numpy.ma.core", "_mareconstruct"): 2}
 
 
 def _range_len(args: tuple[Any, ...]) -> int | None:
@@ -57,10 +59,10 @@ def excessive_call(module: str, name: str, args: Any) -> str | None:
             return f"{name}({args[0]}) allocates more than {MAX_ITEMS} bytes"
     elif key == ("fractions", "Fraction"):
         return _fraction_problem(args)
-    elif key in _RECONSTRUCT and len(args) > 1:
-        shape = args[1]
+    elif key in _SHAPED and len(args) > _SHAPED[key]:
+        shape = args[_SHAPED[key]]
         dims = shape if isinstance(shape, tuple) else (shape,)
         if all(type(d) is int for d in dims) and (
                 any(d < 0 for d in dims) or math.prod(dims) > MAX_ITEMS):
-            return f"_reconstruct allocates an array of shape {shape!r} before its data arrives"
+            return f"{name} allocates an array of shape {shape!r} before its data arrives"
     return None

@@ -175,6 +175,19 @@ def _tar_members(buf: memoryview, ctx: ScanContext, loc: str) -> list[tuple[str,
             ctx.add(Severity.WARNING, "truncated", f"tar member {name} is truncated", loc)
         if typ == b"L":
             long_name = bytes(body).split(b"\x00", 1)[0].decode("utf-8", "replace")
+        elif typ in (b"x", b"g"):
+            pax = _pax_records(bytes(body))
+            long_name = pax.get("path", long_name)
+            if "size" in pax:
+                ctx.add(Severity.WARNING, "tar-anomaly",
+                        "a pax header overrides the next member's size: tar readers and this "
+                        "scanner may split the archive differently", f"{loc}@{pos}")
+        elif typ in (b"1", b"2"):
+            ctx.add(Severity.WARNING, "tar-link",
+                    f"tar member {long_name or name} is a link: a loader that extracts the "
+                    "archive (torch's legacy tar format does) reads whatever it points to",
+                    f"{loc}@{pos}")
+            long_name = None
         elif typ in (b"0", b"\x00", b"7"):
             out.append((long_name or name, body))
             long_name = None
@@ -182,6 +195,24 @@ def _tar_members(buf: memoryview, ctx: ScanContext, loc: str) -> list[tuple[str,
             ctx.add(Severity.WARNING, "limit-exceeded", "too many tar members", loc)
             return out
         pos = start + (size + 511) // 512 * 512
+    return out
+
+
+def _pax_records(body: bytes) -> dict[str, str]:
+    """``"<len> key=value\\n"`` records of a pax extended header (malformed ones end the list)."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(body):
+        space = body.find(b" ", pos)
+        if space < 0 or not body[pos:space].isdigit():
+            break
+        length = int(body[pos:space])
+        record = body[space + 1 : pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            break
+        key, _, value = record[:-1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += length
     return out
 
 

@@ -120,7 +120,8 @@ def consumed_call(func: Any, args: Any) -> bool:
 def _constant(value: Any) -> bool:
     """Constants and containers written with opcodes are bounded by the file's size."""
     return isinstance(value, (str, bytes, bytearray, int, float, complex, tuple, list,
-                              type(None)))
+                              type(None))) or (isinstance(value, Call) and
+                                               _latin1_bytes(value) is not None)
 
 
 def forwarded_calls(func: Any, args: Any) -> Iterator[tuple[Any, Any]]:
