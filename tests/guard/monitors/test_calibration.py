@@ -1,0 +1,165 @@
+"""One harness for every monitor: quiet at the calibrated rate on clean streams, loud on shifts.
+
+Each entry of MONITORS gives a monitor factory, a clean-data generator and a shifted-data
+generator. Adding a monitor = one line in the list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from scipy import stats
+
+from bastion.guard.monitors import (
+    Calibration,
+    ClassDrift,
+    ConfidenceDrift,
+    DetectorMonitor,
+    KSDrift,
+    MMDDrift,
+    Monitor,
+    PSIDrift,
+    Uncertainty,
+)
+
+WINDOW = 100
+RATE = 0.05
+N_CLEAN = 200
+D = 10
+C = 5
+
+Gen = Callable[[torch.Generator, int], torch.Tensor]
+
+
+def gaussian(g: torch.Generator, n: int) -> torch.Tensor:
+    return torch.randn(n, D, generator=g)
+
+
+def mean_shift(g: torch.Generator, n: int) -> torch.Tensor:
+    return torch.randn(n, D, generator=g) + 0.5
+
+
+def scale_change(g: torch.Generator, n: int) -> torch.Tensor:
+    return 1.5 * torch.randn(n, D, generator=g)
+
+
+def _logits(g: torch.Generator, n: int, prior: torch.Tensor, sharpness: float) -> torch.Tensor:
+    labels = torch.multinomial(prior, n, replacement=True, generator=g)
+    return sharpness * torch.nn.functional.one_hot(labels, C).float() + torch.randn(
+        n, C, generator=g
+    )
+
+
+UNIFORM = torch.full((C,), 1.0 / C)
+SKEWED = torch.tensor([0.4, 0.15, 0.15, 0.15, 0.15])
+
+
+def clean_logits(g: torch.Generator, n: int) -> torch.Tensor:
+    return _logits(g, n, UNIFORM, 3.0)
+
+
+def prior_shift(g: torch.Generator, n: int) -> torch.Tensor:
+    return _logits(g, n, SKEWED, 3.0)
+
+
+def less_confident(g: torch.Generator, n: int) -> torch.Tensor:
+    return _logits(g, n, UNIFORM, 2.0)
+
+
+def norm_score(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).norm(dim=1)
+
+
+def cal() -> Calibration:
+    return Calibration(window=WINDOW, false_alarm_rate=RATE, n_windows=200, test_every=WINDOW)
+
+
+MONITORS: list[tuple[str, Callable[[], Monitor], Gen, Gen]] = [
+    ("ks-mean", lambda: KSDrift(calibration=cal()), gaussian, mean_shift),
+    ("ks-scale", lambda: KSDrift(calibration=cal()), gaussian, scale_change),
+    ("psi", lambda: PSIDrift(calibration=cal()), gaussian, mean_shift),
+    ("mmd-mean", lambda: MMDDrift(dim=4, calibration=cal()), gaussian, mean_shift),
+    ("mmd-scale", lambda: MMDDrift(dim=4, calibration=cal()), gaussian, scale_change),
+    ("classes", lambda: ClassDrift(calibration=cal()), clean_logits, prior_shift),
+    ("confidence", lambda: ConfidenceDrift(calibration=cal()), clean_logits, less_confident),
+    (
+        "entropy",
+        lambda: ConfidenceDrift(kind=Uncertainty.ENTROPY, calibration=cal()),
+        clean_logits,
+        less_confident,
+    ),
+    ("detector", lambda: DetectorMonitor(norm_score, calibration=cal()), gaussian, scale_change),
+]
+IDS = [m[0] for m in MONITORS]
+
+
+def _tolerance(n: int, rate: float, n_cal: int) -> tuple[int, int]:
+    """Two-sided 99.9% band for the alarm count, widened for the threshold's estimation noise.
+
+    The threshold is an empirical quantile from ``n_cal`` windows, so the true clean alarm rate
+    is itself random with sd ~ sqrt(rate (1 - rate) / n_cal).
+    """
+    sd_rate = math.sqrt(rate * (1 - rate) / n_cal)
+    sd = math.sqrt(n * rate * (1 - rate) + (n * sd_rate) ** 2)
+    z = stats.norm.isf(0.0005)
+    return max(0, math.floor(n * rate - z * sd)), math.ceil(n * rate + z * sd)
+
+
+@pytest.mark.parametrize(("name", "make", "clean", "shifted"), MONITORS, ids=IDS)
+def test_clean_stream_alarms_at_the_calibrated_rate(
+    name: str, make: Callable[[], Monitor], clean: Gen, shifted: Gen
+) -> None:
+    g = torch.Generator().manual_seed(1234)
+    mon = make().fit(clean(g, 2000))
+    results = [mon.update(clean(g, WINDOW)) for _ in range(N_CLEAN)]
+    assert all(r.evaluated for r in results)
+    alarms = sum(r.alarm for r in results)
+    lo, hi = _tolerance(N_CLEAN, RATE, 200)
+    assert lo <= alarms <= hi, f"{name}: {alarms} alarms in {N_CLEAN} clean windows"
+
+
+@pytest.mark.parametrize(("name", "make", "clean", "shifted"), MONITORS, ids=IDS)
+def test_shifted_stream_fires(
+    name: str, make: Callable[[], Monitor], clean: Gen, shifted: Gen
+) -> None:
+    g = torch.Generator().manual_seed(99)
+    mon = make().fit(clean(g, 2000))
+    alarms = sum(mon.update(shifted(g, WINDOW)).alarm for _ in range(20))
+    assert alarms >= 18, f"{name}: only {alarms} of 20 shifted windows alarmed"
+
+
+@pytest.mark.parametrize(("name", "make", "clean", "shifted"), MONITORS, ids=IDS)
+def test_window_memory_is_bounded(
+    name: str, make: Callable[[], Monitor], clean: Gen, shifted: Gen
+) -> None:
+    g = torch.Generator().manual_seed(5)
+    mon = make().fit(clean(g, 1000))
+    assert mon._window is not None
+    buffer = mon._window.buffer
+    ptr, shape = buffer.data_ptr(), tuple(buffer.shape)
+    assert shape[0] == WINDOW
+    for size in (1, 7, 33, 250, 64):  # smaller and larger than the window
+        mon.update(clean(g, size))
+    assert mon._window.buffer.data_ptr() == ptr and tuple(mon._window.buffer.shape) == shape
+    assert mon.samples_seen == 1 + 7 + 33 + 250 + 64
+    last = clean(g, WINDOW + 10)
+    mon.update(last)
+    kept = torch.sort(mon._window.values(), dim=0).values
+    assert torch.equal(kept, torch.sort(mon._features(last[-WINDOW:]), dim=0).values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "make", "clean", "shifted"), MONITORS, ids=IDS)
+def test_clean_alarm_rate_is_close_to_target_over_1000_windows(
+    name: str, make: Callable[[], Monitor], clean: Gen, shifted: Gen
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    mon = make()
+    mon.calibration = Calibration(window=WINDOW, n_windows=1000, test_every=WINDOW)
+    mon.fit(clean(g, 4000))
+    alarms = sum(mon.update(clean(g, WINDOW)).alarm for _ in range(1000))
+    lo, hi = _tolerance(1000, RATE, 1000)
+    assert lo <= alarms <= hi, f"{name}: {alarms} alarms in 1000 clean windows, band {lo}..{hi}"

@@ -1,0 +1,134 @@
+"""Input drift statistics against independent references, multiple testing, and MNIST."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.data import load_mnist5k
+from bastion.guard.monitors import (
+    Calibration,
+    Correction,
+    KSDrift,
+    MMDDrift,
+    PSIDrift,
+    ks_drift,
+    mmd2,
+    psi,
+)
+from bastion.guard.monitors._stats import adjust_p_values, ks_distances, ks_p_values
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_ks_distances_and_p_values_match_scipy(ties: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(300, 6, generator=g)
+    x = torch.randn(80, 6, generator=g) * 1.2 + 0.2
+    if ties:  # pixel-like data: many exact zeros and repeated values
+        ref, x = (ref.clamp_min(0) * 4).round() / 4, (x.clamp_min(0) * 4).round() / 4
+    d = ks_distances(torch.sort(ref.t().contiguous(), dim=1).values, x)
+    p = ks_p_values(d, 300, 80)
+    for j in range(6):
+        ref_j = stats.ks_2samp(ref[:, j].numpy(), x[:, j].numpy(), method="asymp")
+        assert float(d[j]) == pytest.approx(ref_j.statistic, abs=1e-12)
+        assert p[j] == pytest.approx(ref_j.pvalue, abs=0.02)
+
+
+def test_corrections_match_their_definitions() -> None:
+    p = np.random.default_rng(0).uniform(size=50) ** 3
+    np.testing.assert_allclose(
+        adjust_p_values(p, Correction.BENJAMINI_HOCHBERG), stats.false_discovery_control(p)
+    )
+    np.testing.assert_allclose(adjust_p_values(p, Correction.BONFERRONI), np.minimum(p * 50, 1))
+    np.testing.assert_array_equal(adjust_p_values(p, Correction.NONE), p)
+    assert Correction.from_str("BH") is Correction.BENJAMINI_HOCHBERG
+    with pytest.raises(ValueError, match="unknown correction"):
+        Correction.from_str("holm")
+
+
+def test_multiple_testing_correction_keeps_784_features_quiet() -> None:
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(500, 784, generator=g)
+    windows = [torch.randn(100, 784, generator=g) for _ in range(60)]
+    rate = {
+        c: np.mean([ks_drift(ref, w, correction=c).p_value < 0.05 for w in windows])
+        for c in Correction
+    }
+    assert rate[Correction.NONE] > 0.95  # 784 raw tests at 0.05: some feature always "drifts"
+    assert rate[Correction.BONFERRONI] <= 0.1
+    assert rate[Correction.BENJAMINI_HOCHBERG] <= 0.1
+    shifted = ks_drift(ref, windows[0] + 0.3)  # the corrected test still sees a real shift
+    assert shifted.p_value < 1e-3 and shifted.detail["features_drifted"] > 300
+
+
+def test_functional_and_class_forms_agree() -> None:
+    g = torch.Generator().manual_seed(4)
+    ref, x = torch.randn(1000, 5, generator=g), torch.randn(100, 5, generator=g) + 0.2
+    cal = Calibration(window=50, n_windows=40)
+    part = ref[cal.split(1000)[0]]
+
+    ks = KSDrift(calibration=cal).fit(ref)
+    assert float(ks.score(x)) == pytest.approx(ks_drift(part, x).statistic, rel=1e-12)
+    assert torch.equal(ks.reference, torch.sort(part, dim=0).values)
+
+    ps = PSIDrift(calibration=cal).fit(ref)
+    assert float(ps.score(x)) == pytest.approx(float(psi(part, x).mean()), rel=1e-12)
+
+    mm = MMDDrift(dim=3, calibration=cal).fit(ref)
+    expected = mmd2(mm.project(part), mm.project(x), bandwidth=mm.bandwidth)
+    assert float(mm.score(x)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_psi_rules_of_thumb() -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(5000, 1, generator=g)
+    assert float(psi(ref, torch.randn(5000, 1, generator=g))) < 0.02
+    assert float(psi(ref, torch.randn(5000, 1, generator=g) + 1)) > 0.25
+
+
+def test_mnist_clean_windows_quiet_and_shifted_windows_fire() -> None:
+    data = load_mnist5k()
+    g = torch.Generator().manual_seed(0)
+    test = data.x_test[torch.randperm(1000, generator=g)]  # the split is ordered by class
+    cal = Calibration(window=100, n_windows=40, test_every=100)
+    monitors = [
+        KSDrift(max_reference=500, calibration=cal),
+        PSIDrift(calibration=cal),
+        MMDDrift(calibration=cal),
+    ]
+    for mon in monitors:
+        mon.fit(data.x_train)
+        clean = [mon.update(test[i : i + 100]).alarm for i in range(0, 1000, 100)]
+        brighter = [
+            mon.update((test[i : i + 100] + 0.1).clamp(0, 1)).alarm for i in range(0, 500, 100)
+        ]
+        assert sum(clean) <= 3, mon.name
+        assert all(brighter), mon.name
+
+
+def test_update_schedule_and_errors() -> None:
+    g = torch.Generator().manual_seed(0)
+    mon = KSDrift(calibration=Calibration(window=20, n_windows=20, test_every=10))
+    with pytest.raises(ConfigurationError, match="call fit"):
+        mon.update(torch.randn(5, 3))
+    with pytest.raises(InputValidationError, match="too small"):
+        mon.fit(torch.randn(30, 3, generator=g))
+    mon.fit(torch.randn(200, 3, generator=g))
+    first = mon.update(torch.randn(15, 3, generator=g))
+    assert not first.evaluated and first.detail["window_fill"] == 15
+    assert mon.update(torch.randn(5, 3, generator=g)).evaluated  # full, 20 >= 10 pending
+    stale = mon.update(torch.randn(5, 3, generator=g))
+    assert not stale.evaluated and stale.samples_seen == 25
+    assert mon.update(torch.randn(5, 3, generator=g)).evaluated
+    with pytest.raises(InputValidationError, match="3"):
+        mon.update(torch.randn(5, 4))
+    with pytest.raises(InputValidationError, match="non-finite") as err:
+        mon.update(torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0]]))
+    assert err.value.sample_index == 1
+    with pytest.raises(ConfigurationError, match="false_alarm_rate"):
+        Calibration(false_alarm_rate=1.5)
+    mon.reset()
+    assert mon.samples_seen == 0 and mon.last_result is None
