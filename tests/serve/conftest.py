@@ -66,9 +66,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def start(keys: tuple[Path, str]) -> Any:
-    """``start(pipeline, **limits)``: a :class:`LiveServer` (a context manager) for the pipeline."""
+    """``start(pipeline, **limits)``: a :class:`LiveServer` (a context manager) for the pipeline
+    (or for a ready app)."""
 
-    def make(pipeline: Pipeline, **limits: Any) -> LiveServer:
+    def make(pipeline: Pipeline | Any, **limits: Any) -> LiveServer:
+        if not isinstance(pipeline, Pipeline):
+            return LiveServer(pipeline)
         config = ServeConfig(**{"rate_per_second": 1000.0, "burst": 1000, **limits})
         return LiveServer(create_app(pipeline, KeyStore.load(keys[0]), config))
 

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -44,7 +45,7 @@ from bastion.serve.config import ServeConfig
 from bastion.serve.limits import BodySizeLimit, RateLimiter, Refusal, read_body, run_bounded
 from bastion.serve.metrics import CONTENT_TYPE, ServerMetrics
 from bastion.serve.payload import PredictRequest, parse_predict
-from bastion.serve.pipeline import Pipeline, digest
+from bastion.serve.pipeline import Pipeline
 
 __all__ = ["create_app"]
 
@@ -106,14 +107,13 @@ def create_app(
     config = config or ServeConfig()
     metrics = metrics or ServerMetrics()
     limiter = RateLimiter(rate=config.rate_per_second, burst=config.burst)
-    infer_pool = concurrent.futures.ThreadPoolExecutor(config.workers, "bastion-infer")
-    commit_pool = concurrent.futures.ThreadPoolExecutor(1, "bastion-commit")  # one writer
+    pools = _Pools(config.workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pools.start()
         yield
-        infer_pool.shutdown(wait=False, cancel_futures=True)
-        commit_pool.shutdown(wait=True)
+        pools.stop()
 
     app = FastAPI(
         title="bastion serve",
@@ -155,7 +155,7 @@ def create_app(
     @app.get("/v1/monitor", tags=["guard"], responses=_errors(401, 429))
     async def monitor(_: str = Depends(authenticate)) -> dict[str, Any]:
         """The monitors' current state: statistics, thresholds and whether each is firing."""
-        state: dict[str, Any] = await _on(commit_pool, pipeline.monitor_state)
+        state: dict[str, Any] = await _on(pools.commit, pipeline.monitor_state)
         return state
 
     @app.post(
@@ -170,30 +170,27 @@ def create_app(
             }
         },
     )
-    async def predict(request: Request, key_name: str = Depends(authenticate)) -> dict[str, Any]:
+    async def predict(request: Request, _: str = Depends(authenticate)) -> dict[str, Any]:
         """Classify one batch through the guard; the audit row is written before the answer."""
         rid = request.state.request_id
         body = await read_body(request.stream(), config.max_body_bytes)
-        body_digest = digest(body)
 
         def compute() -> Any:
             batch = parse_predict(body, pipeline.schema, max_batch=config.max_batch)
             return pipeline.infer(batch)
 
         try:
-            inference = await run_bounded(infer_pool, config.timeout_seconds, compute)
+            inference = await run_bounded(pools.infer, config.timeout_seconds, compute)
         except Refusal as refusal:
             record = functools.partial(
                 pipeline.record_refusal,
-                request_id=rid, key_name=key_name, body_digest=body_digest, refusal=refusal,
+                request_id=rid, body=body, refusal=refusal,
             )
-            await _on(commit_pool, record)
+            await _on(pools.commit, record)
             raise
         checks = await _on(
-            commit_pool,
-            lambda: pipeline.commit(
-                request_id=rid, key_name=key_name, body_digest=body_digest, inference=inference
-            ),
+            pools.commit,
+            lambda: pipeline.commit(request_id=rid, body=body, inference=inference),
         )
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)
@@ -211,9 +208,28 @@ def create_app(
     return app
 
 
-async def _on(pool: concurrent.futures.Executor, fn: Callable[[], Any]) -> Any:
-    import asyncio
+class _Pools:
+    """The threads of one app run (created at startup, so an app can be started again).
 
+    ``infer`` runs parsing, the guard and the model (abandoned on timeout); ``commit`` is a
+    single thread, so monitor updates and audit rows are written one at a time, in order.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.infer = self.commit = concurrent.futures.ThreadPoolExecutor(1)
+        self.stop()
+
+    def start(self) -> None:
+        self.infer = concurrent.futures.ThreadPoolExecutor(self.workers, "bastion-infer")
+        self.commit = concurrent.futures.ThreadPoolExecutor(1, "bastion-commit")
+
+    def stop(self) -> None:
+        self.infer.shutdown(wait=False, cancel_futures=True)
+        self.commit.shutdown(wait=True)
+
+
+async def _on(pool: concurrent.futures.Executor, fn: Callable[[], Any]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 

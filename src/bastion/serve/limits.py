@@ -143,7 +143,7 @@ class BodySizeLimit:
 
 
 async def _send_json(send: Send, refusal: Refusal, state: dict[str, Any]) -> None:
-    answer = {"error": refusal.error, "message": refusal.message}
+    answer: dict[str, Any] = {"error": refusal.error, "message": refusal.message}
     answer["request_id"] = state.get("request_id")
     body = json.dumps(answer).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

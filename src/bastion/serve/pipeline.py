@@ -9,44 +9,29 @@ and returns only once the audit row is durable - so an acknowledged request is a
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import hashlib
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from bastion.core.results import to_jsonable
+from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard, InvalidDataPolicy
 from bastion.guard.schema import TensorSchema
 from bastion.serve.limits import Refusal
 
-__all__ = ["AuditSink", "Inference", "MonitorLike", "Pipeline", "digest"]
+__all__ = ["Inference", "MonitorLike", "Pipeline"]
 
 
 class MonitorLike(Protocol):
     """What the pipeline needs of a monitor suite (``bastion.guard.monitors.MonitorSuite``)."""
 
-    def update(self, inputs: Tensor, outputs: Tensor) -> Any: ...
+    def update(self, inputs: Tensor, outputs: Tensor) -> Sequence[Any]: ...
 
     def state(self) -> Any: ...
-
-
-class AuditSink(Protocol):
-    """What the pipeline needs of an audit log (``bastion.guard.audit_log.AuditLog``)."""
-
-    def append(self, record: dict[str, Any]) -> Any: ...
-
-
-def digest(body: bytes) -> str:
-    """The input digest recorded in the audit log: hex SHA-256 of the request body as received.
-
-    Example:
-        >>> digest(b"")[:12]
-        'e3b0c44298fc'
-    """
-    return hashlib.sha256(body).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -61,11 +46,9 @@ class Inference:
 
 
 def _to_json(value: Any) -> Any:
-    """Result objects as JSON values (``to_dict`` when they have one)."""
+    """Result objects as JSON values (``to_dict`` when they have one; NaN and inf as null)."""
     to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    return value
+    return to_jsonable(to_dict() if callable(to_dict) else value)
 
 
 class Pipeline:
@@ -89,7 +72,7 @@ class Pipeline:
         guard: InputGuard | None = None,
         output_checker: OutputChecker | None = None,
         monitors: MonitorLike | None = None,
-        audit: AuditSink | None = None,
+        audit: AuditLog | None = None,
         name: str = "model",
     ) -> None:
         self.model = model.eval()
@@ -157,44 +140,39 @@ class Pipeline:
             checks=checks,
         )
 
-    def commit(
-        self, *, request_id: str, key_name: str, body_digest: str, inference: Inference
-    ) -> dict[str, Any]:
+    def commit(self, *, request_id: str, body: bytes, inference: Inference) -> dict[str, Any]:
         """Feed the monitors and write the audit row (durable on return); the checks to send."""
         checks = dict(inference.checks)
         with self._lock:
             if self.monitors is not None:
-                checks["monitors"] = _to_json(
+                checks["monitors"] = _monitor_summary(
                     self.monitors.update(inference.inputs, inference.logits)
                 )
             if self.audit is not None:
                 self.audit.append(
-                    _record(
+                    AuditRecord.create(
+                        inputs=body,
                         request_id=request_id,
-                        key_name=key_name,
-                        body_digest=body_digest,
-                        outcome="ok",
-                        predictions=inference.predictions.tolist(),
-                        checks=checks,
+                        validation=checks.get("input"),
+                        prediction=inference.predictions.tolist(),
+                        checks=checks.get("output"),
+                        monitors=[checks["monitors"]] if "monitors" in checks else None,
                     )
                 )
         return checks
 
-    def record_refusal(
-        self, *, request_id: str, key_name: str, body_digest: str, refusal: Refusal
-    ) -> None:
-        """Write the audit row of a refused request (its reason, no input values)."""
+    def record_refusal(self, *, request_id: str, body: bytes, refusal: Refusal) -> None:
+        """Write the audit row of a refused request: its reason, never its values."""
         if self.audit is None:
             return
         with self._lock:
             self.audit.append(
-                _record(
+                AuditRecord.create(
+                    inputs=body,
                     request_id=request_id,
-                    key_name=key_name,
-                    body_digest=body_digest,
-                    outcome=f"refused:{refusal.error}",
-                    predictions=None,
-                    checks={"status": refusal.status, "message": refusal.message},
+                    outcome=Outcome.REFUSED,
+                    reason=f"{refusal.status} {refusal.error}: {refusal.message}"[:2000],
+                    validation=refusal.detail,
                 )
             )
 
@@ -207,21 +185,13 @@ class Pipeline:
         return state if isinstance(state, dict) else {"state": state}
 
 
-def _record(
-    *,
-    request_id: str,
-    key_name: str,
-    body_digest: str,
-    outcome: str,
-    predictions: list[int] | None,
-    checks: dict[str, Any],
-) -> dict[str, Any]:
+def _monitor_summary(results: Any) -> dict[str, Any]:
+    """The monitors' results for the answer and the audit row: alarms, statistic vs threshold."""
+    rows = [to_jsonable(r) for r in results]
     return {
-        "request_id": request_id,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-        "key": key_name,
-        "input_sha256": body_digest,
-        "outcome": outcome,
-        "prediction": predictions,
-        "checks": checks,
+        "alarms": sorted(r["name"] for r in rows if r.get("alarm")),
+        "results": {
+            r["name"]: {k: v for k, v in r.items() if k not in ("name", "detail", "schema_version")}
+            for r in rows
+        },
     }
