@@ -10,7 +10,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from bastion.attacks import APGD, APGDT, FGSM, MIFGSM, PGD, Attack, Square
+from bastion.attacks import (
+    APGD,
+    APGDT,
+    EOT,
+    FGSM,
+    MIFGSM,
+    PGD,
+    Attack,
+    CarliniWagner,
+    DeepFool,
+    Square,
+)
 from bastion.core.threat import Norm, ThreatModel
 
 
@@ -32,6 +43,15 @@ ATTACKS: list[Entry] = [
     Entry("apgd-ce", lambda t: APGD(threat=t, steps=20)),
     Entry("apgd-dlr", lambda t: APGD(threat=t, steps=20, loss="dlr"), norms=(Norm.LINF,)),
     Entry("apgd-t", lambda t: APGDT(t, targets=3, steps=10)),
+    Entry("deepfool", lambda t: DeepFool(threat=t)),
+    Entry(
+        "cw",
+        lambda t: CarliniWagner(
+            threat=t, steps=50, binary_search_steps=4, initial_const=1.0, lr=0.05
+        ),
+        norms=(Norm.L2,),
+    ),
+    Entry("eot-pgd", lambda t: EOT(attack=PGD(threat=t, steps=10), samples=2)),
     Entry("square", lambda t: Square(threat=t, queries=200), max_accuracy=0.1),
 ]
 
