@@ -343,6 +343,24 @@ def _joblib_dtype_elsize(path: Path, marker: Path) -> None:
     path.write_bytes(head + array + evil + b"0.")
 
 
+def _joblib_array_opcodes(path: Path, marker: Path) -> None:
+    """An older-style joblib wrapper (no alignment padding byte): joblib reads the 512 array
+    bytes as data, ``pickle.load`` reads them as the next opcodes - here, the payload."""
+    import joblib  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    joblib.dump(np.zeros(64), buf)
+    data = buf.getvalue()
+    key = b"\x8c\x1bnumpy_array_alignment_bytes\x94K\x10"
+    cut, end = data.index(key), data.index(b"K\x10ub") + 4
+    head = b"\x80\x04" + data[11:cut] + data[cut + len(key) : end]  # no FRAME, no alignment
+    evil = _su("builtins") + _su("exec") + b"\x93" + _su(_code(marker)) + b"\x85R0"
+    assert len(evil) < 512
+    array = (evil + b"N0" * 256)[:512]
+    path.write_bytes(head + array + b".")
+
+
 def _plain(protocol: int, flavour: str = "exec") -> Callable[[Path, Path], None]:
     def write(path: Path, marker: Path) -> None:
         path.write_bytes(payload_pickle(marker, protocol=protocol, flavour=flavour))
@@ -383,6 +401,7 @@ _BUILDERS: dict[str, tuple[str, Loader, Callable[[Path, Path], None]]] = {
     "pickle-nested-bytes": ("tensor.pkl", Loader.PICKLE, _nested_bytes),
     "zip-prepended-data": ("model.pt", Loader.ZIP_MEMBER, _prepended),
     "joblib-dtype-elsize": ("model.joblib", Loader.JOBLIB, _joblib_dtype_elsize),
+    "joblib-array-opcodes": ("model.joblib", Loader.PICKLE, _joblib_array_opcodes),
 }
 
 #: Every kind of sample, in a stable order.

@@ -246,6 +246,20 @@ def test_bypass_joblib_dtype_elsize(tmp_path: Path) -> None:
     assert any(f.name == "exec" for f in report.findings)
 
 
+def test_bypass_joblib_array_read_as_opcodes(tmp_path: Path) -> None:
+    """joblib skips the array bytes; pickle.load of the same file runs them as opcodes."""
+    import joblib
+
+    marker = tmp_path / "MARKER"
+    path = payloads.build("joblib-array-opcodes", tmp_path, marker)
+    assert joblib.load(path).shape == (64,) and not marker.exists()  # joblib: just data
+    payloads.fire("joblib-array-opcodes", path, marker)
+    assert marker.exists()  # pickle.load: the payload
+    report = scan_bytes(path.read_bytes())
+    assert report.verdict is Verdict.UNSAFE
+    assert "joblib-pickle-disagreement" in {f.kind for f in report.findings}
+
+
 def test_dtype_sizes_follow_numpy() -> None:
     from bastion.artifacts.scan.framing import _numpy_dtype
     from bastion.artifacts.scan.values import Call, Global
@@ -292,3 +306,13 @@ def test_bypass_tar_pax_path_names_the_member() -> None:
         assert tar.getnames() == ["p" * 120]
     report = scan_bytes(data)
     assert any(f.location.endswith("p" * 120) for f in report.findings if f.module)
+
+
+def test_bypass_zip_case_folded_member_names() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}))
+        zf.writestr("archive/DATA.pkl", pickle.dumps({"w": 2}))
+    report = scan_bytes(buf.getvalue())
+    assert report.verdict is not Verdict.SAFE
+    assert any("only in case" in f.detail for f in report.findings)

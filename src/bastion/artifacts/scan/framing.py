@@ -13,13 +13,21 @@ what cannot be sized is a finding, because the rest of the stream could not be r
 from __future__ import annotations
 
 import math
+import pickletools
 import re
 import struct
 from typing import Any
 
 from bastion.artifacts.scan.context import ScanContext
 from bastion.artifacts.scan.findings import Severity
-from bastion.artifacts.scan.opcodes import Call, DictValue, Global, Reader, walk_pickle
+from bastion.artifacts.scan.opcodes import (
+    Call,
+    DictValue,
+    Global,
+    MachineState,
+    Reader,
+    walk_pickle,
+)
 
 __all__ = ["JoblibHook", "storage_element_size"]
 
@@ -103,7 +111,7 @@ class JoblibHook:
         self.ctx = ctx
         self.seen = False
 
-    def __call__(self, obj: Call, reader: Reader, location: str) -> None:
+    def __call__(self, obj: Call, reader: Reader, location: str, state: MachineState) -> None:
         if not _is_wrapper(obj):
             return
         self.seen = True
@@ -111,6 +119,7 @@ class JoblibHook:
             # The pure-Python unpickler would read the next opcodes from the frame buffer and
             # the array from after the frame: readers disagree on where the array is.
             raise ValueError("joblib array bytes inside an open pickle frame")
+        self._as_plain_pickle(reader, location, state)
         state = obj.state
         if not isinstance(state, DictValue):
             raise ValueError("joblib array wrapper without a state dict")
@@ -139,6 +148,28 @@ class JoblibHook:
         if reader.pos + nbytes > reader.end:
             raise ValueError(f"joblib array of {nbytes} bytes runs past the end of the stream")
         reader.pos += nbytes
+
+
+    def _as_plain_pickle(self, reader: Reader, location: str, state: MachineState) -> None:
+        """``pickle.load`` of a joblib file reads the array bytes as the next opcodes: walk that
+        reading too (from a copy of the walker's state) and report what it would run."""
+        if reader.pos >= reader.end or bytes(reader.buf[reader.pos : reader.pos + 1]) \
+                not in _OPCODE_BYTES:
+            return  # joblib's padding byte (or data) that no unpickler reads past
+        scratch = self.ctx.child()
+        walk_pickle(reader.buf, reader.pos, scratch, f"{location}+as-pickle",
+                           end=reader.end, state=state)
+        risky = any(f.module is not None or f.severity is Severity.CRITICAL
+                    for f in scratch.findings)
+        self.ctx.absorb(scratch, findings=risky)
+        if risky:
+            self.ctx.add(Severity.WARNING, "joblib-pickle-disagreement",
+                         "pickle.load reads this joblib array's bytes as opcodes, and they "
+                         "import or call something (reported): joblib and pickle run different "
+                         "code", f"{location}@{reader.pos}")
+
+
+_OPCODE_BYTES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
 
 
 def skip_storage(buf: memoryview, pos: int, end: int, element_size: int) -> int:

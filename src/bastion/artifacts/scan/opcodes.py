@@ -32,7 +32,8 @@ from bastion.artifacts.scan.streamchecks import (
 )
 from bastion.artifacts.scan.values import Call, DictValue, Global, Opaque, Reader
 
-__all__ = ["Call", "DictValue", "Global", "PickleWalk", "Reader", "walk_pickle"]
+__all__ = ["BuildHook", "Call", "DictValue", "Global", "MachineState", "PickleWalk", "Reader",
+           "walk_pickle"]
 
 
 @dataclasses.dataclass
@@ -54,8 +55,12 @@ class PickleWalk:
     error: str | None = None
 
 
-#: Called after BUILD as ``hook(obj, reader, walk_location) -> None``; may move ``reader.pos``.
-BuildHook = Callable[[Call, Reader, str], None]
+#: The walker's state (stack, MARK frames, memo), for a fork that reads on another way.
+MachineState = tuple[list[Any], list[list[Any]], dict[int, Any]]
+
+#: Called after BUILD as ``hook(obj, reader, walk_location, state) -> None``; may move
+#: ``reader.pos``.
+BuildHook = Callable[[Call, Reader, str, MachineState], None]
 
 _CONST_OPS = frozenset({
     "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
@@ -314,7 +319,7 @@ class _Machine:
         if isinstance(obj, Call):
             obj.state = state
             if self.hook is not None:
-                self.hook(obj, reader, self.loc)
+                self.hook(obj, reader, self.loc, (self.stack, self.marks, self.memo))
 
 
 def _read_pair(reader: Reader, pos: int) -> tuple[str, str]:
@@ -330,7 +335,8 @@ def _read_pair(reader: Reader, pos: int) -> tuple[str, str]:
 
 
 def walk_pickle(buf: memoryview, start: int, ctx: ScanContext, location: str, *,
-                end: int | None = None, hook: BuildHook | None = None) -> PickleWalk:
+                end: int | None = None, hook: BuildHook | None = None,
+                state: MachineState | None = None) -> PickleWalk:
     """Walk one pickle stream starting at ``buf[start]``, recording findings in ``ctx``.
 
     Never raises on bad input: a stream that does not parse, or that hits a limit, returns with
@@ -344,8 +350,13 @@ def walk_pickle(buf: memoryview, start: int, ctx: ScanContext, location: str, *,
         location: a label for findings, e.g. ``archive/data.pkl``.
         end: where the readable bytes stop (default: end of ``buf``).
         hook: called after each BUILD (joblib framing).
+        state: start from a copy of another walk's state (a fork that reads on differently).
     """
     machine = _Machine(ctx, location, hook)
+    if state is not None:
+        stack, marks, memo = state
+        machine.stack, machine.marks = list(stack), [list(m) for m in marks]
+        machine.memo = dict(memo)
     reader = Reader(buf, start, end)
     walk = machine.walk
     ctx.streams += 1

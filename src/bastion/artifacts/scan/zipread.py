@@ -166,6 +166,9 @@ def list_zip(data: bytes | memoryview, *, max_members: int = _MAX_MEMBERS) -> Zi
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         anomalies.append("several members share a name (readers may pick different ones)")
+    elif len({n.lower() for n in names}) != len(names):
+        anomalies.append("member names differ only in case: miniz (torch) looks names up "
+                         "without regard to case, so which one torch loads is ambiguous")
     start = min((m.header_offset for m in members), default=cd_offset)
     if start > 0:
         anomalies.append(f"{start} bytes of data before the first member")
