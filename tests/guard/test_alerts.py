@@ -27,10 +27,23 @@ from bastion.guard.alerts import (
 from bastion.guard.monitors import MonitorResult
 
 
-def result(name: str = "ks", *, alarm: bool, statistic: float = 1.0, evaluated: bool = True,
-           p_value: float | None = 0.5) -> MonitorResult:
-    return MonitorResult(name=name, statistic=statistic, threshold=2.0, p_value=p_value,
-                         alarm=alarm, evaluated=evaluated, samples_seen=100)
+def result(
+    name: str = "ks",
+    *,
+    alarm: bool,
+    statistic: float = 1.0,
+    evaluated: bool = True,
+    p_value: float | None = 0.5,
+) -> MonitorResult:
+    return MonitorResult(
+        name=name,
+        statistic=statistic,
+        threshold=2.0,
+        p_value=p_value,
+        alarm=alarm,
+        evaluated=evaluated,
+        samples_seen=100,
+    )
 
 
 class Clock:
@@ -60,11 +73,19 @@ def test_consecutive_windows_and_cooldown() -> None:
 
 
 def test_statistic_rule_tracks_each_watched_monitor_separately() -> None:
-    rule = AlertRule(name="big", monitors=("a", "b"), condition=Condition.STATISTIC_ABOVE,
-                     value=5.0, consecutive=2)
+    rule = AlertRule(
+        name="big",
+        monitors=("a", "b"),
+        condition=Condition.STATISTIC_ABOVE,
+        value=5.0,
+        consecutive=2,
+    )
     manager = AlertManager([rule])
-    batch = [result("a", alarm=False, statistic=6.0), result("b", alarm=True, statistic=1.0),
-             result("c", alarm=True, statistic=9.0)]
+    batch = [
+        result("a", alarm=False, statistic=6.0),
+        result("b", alarm=True, statistic=1.0),
+        result("c", alarm=True, statistic=9.0),
+    ]
     assert manager.process(batch) == []
     assert [a.monitor for a in manager.process(batch)] == ["a"]
     nan = result("a", alarm=False, statistic=math.nan)
@@ -124,8 +145,9 @@ def receiver() -> Any:
     _Receiver.bodies, _Receiver.headers_seen, _Receiver.fail_first = [], [], 1
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     server.timeout = 1.0
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -136,8 +158,9 @@ def receiver() -> Any:
 
 
 def test_webhook_sink_posts_json_with_retries(receiver: str) -> None:
-    sink = WebhookSink(receiver, timeout=2.0, retries=2, backoff=0.01,
-                       headers={"X-Token": "receiver-token"})
+    sink = WebhookSink(
+        receiver, timeout=2.0, retries=2, backoff=0.01, headers={"X-Token": "receiver-token"}
+    )
     manager = AlertManager([AlertRule(name="drift")], [sink])
     manager.process([result("ks", alarm=True, statistic=4.0)])
     manager.process([result("mmd", alarm=True, statistic=5.0)])
@@ -150,8 +173,9 @@ def test_webhook_sink_posts_json_with_retries(receiver: str) -> None:
 
 
 def test_webhook_sink_gives_up_in_bounded_time_and_never_blocks_emit() -> None:
-    sink = WebhookSink("http://127.0.0.1:9/unreachable", timeout=0.2, retries=1, backoff=0.01,
-                       max_queue=1)
+    sink = WebhookSink(
+        "http://127.0.0.1:9/unreachable", timeout=0.2, retries=1, backoff=0.01, max_queue=1
+    )
     alert = AlertManager([AlertRule(name="r")]).process([result(alarm=True)])[0]
     for _ in range(5):
         sink.emit(alert)  # returns at once; the queue of one overflows
@@ -166,8 +190,12 @@ def test_webhook_sink_gives_up_in_bounded_time_and_never_blocks_emit() -> None:
 def test_prometheus_sink_exposes_gauges_and_alert_counter() -> None:
     registry = CollectorRegistry()
     manager = AlertManager([AlertRule(name="drift")], [PrometheusSink(registry)])
-    manager.process([result("input_ks", alarm=True, statistic=7.5),
-                     result("mmd", alarm=False, statistic=0.1, p_value=None)])
+    manager.process(
+        [
+            result("input_ks", alarm=True, statistic=7.5),
+            result("mmd", alarm=False, statistic=0.1, p_value=None),
+        ]
+    )
     text = generate_latest(registry).decode()
     assert 'bastion_monitor_statistic{monitor="input_ks"} 7.5' in text
     assert 'bastion_monitor_threshold{monitor="input_ks"} 2.0' in text

@@ -82,9 +82,13 @@ class WebhookSink(AlertSink):
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"webhook url must be http(s)://host/..., got {_redacted(url)!r}")
+            raise ConfigurationError(
+                f"webhook url must be http(s)://host/..., got {_redacted(url)!r}"
+            )
         if timeout <= 0 or retries < 0 or backoff < 0 or max_queue < 1:
-            raise ConfigurationError("timeout must be > 0, retries and backoff >= 0, max_queue >= 1")
+            raise ConfigurationError(
+                "timeout must be > 0, retries and backoff >= 0, max_queue >= 1"
+            )
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.sent = self.failed = self.dropped = 0
@@ -134,8 +138,12 @@ class WebhookSink(AlertSink):
                     _log.warning("webhook %s refused alert: HTTP %s", _redacted(self.url), err.code)
                     return False
             except (OSError, ValueError) as err:
-                _log.warning("webhook %s attempt %d failed: %s", _redacted(self.url), attempt + 1,
-                             type(err).__name__)
+                _log.warning(
+                    "webhook %s attempt %d failed: %s",
+                    _redacted(self.url),
+                    attempt + 1,
+                    type(err).__name__,
+                )
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
@@ -179,8 +187,10 @@ class PrometheusSink(AlertSink):
         self._alarm = gauge("alarm", "1 when the last tested window alarmed, else 0.")
         self._seen = gauge("samples_seen", "Samples fed to each monitor since fitting.")
         self._alerts = Counter(
-            "bastion_alerts", "Alerts fired, by rule, monitor and severity.",
-            ["rule", "monitor", "severity"], registry=registry,
+            "bastion_alerts",
+            "Alerts fired, by rule, monitor and severity.",
+            ["rule", "monitor", "severity"],
+            registry=registry,
         )
 
     def observe(self, results: Sequence[MonitorResult]) -> None:

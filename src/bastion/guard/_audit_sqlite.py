@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from bastion.core.errors import ConfigurationError
+from bastion.core.errors import ConfigurationError, InputValidationError
 
 __all__ = ["SQLiteBackend"]
 
@@ -57,6 +57,11 @@ class SQLiteBackend:
                     "INSERT INTO audit (request_id, time, outcome, record) VALUES (?, ?, ?, ?)",
                     (request_id, time, outcome, record),
                 )
+            except sqlite3.IntegrityError:
+                self._conn.execute("ROLLBACK")
+                raise InputValidationError(
+                    f"request id {request_id!r} is already in the audit log; ids must be unique"
+                ) from None
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

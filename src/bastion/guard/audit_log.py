@@ -170,7 +170,7 @@ class AuditLog:
 
             return cls(PostgresBackend(text))
         if scheme == "sqlite":
-            text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else ""
+            text = text[len("sqlite:///") :] if text.startswith("sqlite:///") else ""
             if not text:
                 raise ConfigurationError("sqlite URLs look like sqlite:///path/to/audit.db")
         elif scheme:
@@ -184,8 +184,12 @@ class AuditLog:
 
     def append(self, record: AuditRecord) -> None:
         """Append one record; returns only once it is committed (and, on SQLite, fsynced)."""
-        self._backend.append(record.request_id, record.time, record.outcome.value,
-                             json.dumps(record.to_dict(), sort_keys=True, allow_nan=False))
+        self._backend.append(
+            record.request_id,
+            record.time,
+            record.outcome.value,
+            json.dumps(record.to_dict(), sort_keys=True, allow_nan=False),
+        )
 
     def rows(
         self, *, since: dt.datetime | str | None = None, limit: int | None = None

@@ -237,8 +237,13 @@ class Monitor(abc.ABC):
         self._fit_reference(feats[stats_idx.to(feats.device)])
         null = torch.tensor(
             [
-                self._test(held_out[torch.randperm(held_out.shape[0], generator=gen)[: cal.window]
-                                    .to(feats.device)]).statistic
+                self._test(
+                    held_out[
+                        torch.randperm(held_out.shape[0], generator=gen)[: cal.window].to(
+                            feats.device
+                        )
+                    ]
+                ).statistic
                 for _ in range(cal.n_windows)
             ],
             dtype=torch.float64,
@@ -254,7 +259,7 @@ class Monitor(abc.ABC):
         return self
 
     def score(self, x: Tensor) -> Tensor:
-        """The test statistic of ``x`` taken as one window (a 0-d tensor; higher = more suspicious)."""
+        """The test statistic of ``x`` as one window (0-d tensor; higher = more suspicious)."""
         self._require_fit()
         feats = self._checked_features(_as_batch(x, "x"), "x")
         return torch.tensor(self._test(feats).statistic, dtype=torch.float64)
@@ -273,9 +278,14 @@ class Monitor(abc.ABC):
                 self._pending = 0
                 test = self._test(self._window.values())
                 result = MonitorResult(
-                    name=self.name, statistic=test.statistic, threshold=self._alarm_threshold,
-                    p_value=test.p_value, alarm=bool(test.statistic > self._alarm_threshold),
-                    evaluated=True, samples_seen=self.samples_seen, detail={**test.detail, **fill},
+                    name=self.name,
+                    statistic=test.statistic,
+                    threshold=self._alarm_threshold,
+                    p_value=test.p_value,
+                    alarm=bool(test.statistic > self._alarm_threshold),
+                    evaluated=True,
+                    samples_seen=self.samples_seen,
+                    detail={**test.detail, **fill},
                 )
             elif self.last_result is not None:
                 result = dataclasses.replace(
@@ -283,8 +293,13 @@ class Monitor(abc.ABC):
                 )
             else:
                 result = MonitorResult(
-                    name=self.name, statistic=math.nan, threshold=self._alarm_threshold,
-                    p_value=None, alarm=False, evaluated=False, samples_seen=self.samples_seen,
+                    name=self.name,
+                    statistic=math.nan,
+                    threshold=self._alarm_threshold,
+                    p_value=None,
+                    alarm=False,
+                    evaluated=False,
+                    samples_seen=self.samples_seen,
                     detail=fill,
                 )
             self.last_result = result
@@ -326,7 +341,8 @@ class Monitor(abc.ABC):
             bad = int((~torch.isfinite(feats)).any(dim=1).nonzero()[0])
             raise InputValidationError(
                 f"{self.name}: {what} has non-finite values (first at sample {bad}); validate "
-                "inputs before monitoring them", sample_index=bad,
+                "inputs before monitoring them",
+                sample_index=bad,
             )
         if self._window is not None and feats.shape[1] != self._width:
             raise InputValidationError(

@@ -84,7 +84,8 @@ def ks_p_values(distances: Tensor, n: int, m: int) -> np.ndarray:
     """
     root = math.sqrt(n * m / (n + m))
     d = distances.detach().cpu().double().numpy()
-    return np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * d), 0.0, 1.0)
+    p: np.ndarray = np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * d), 0.0, 1.0)
+    return p
 
 
 def adjust_p_values(p_values: np.ndarray, correction: Correction) -> np.ndarray:
@@ -93,12 +94,13 @@ def adjust_p_values(p_values: np.ndarray, correction: Correction) -> np.ndarray:
     Returns adjusted p-values in the same order; a feature is rejected at level ``alpha`` when
     its adjusted p-value is below ``alpha``.
     """
-    p = np.asarray(p_values, dtype=np.float64)
+    p: np.ndarray = np.asarray(p_values, dtype=np.float64)
     d = p.size
     if correction is Correction.NONE or d == 0:
-        return p.copy()
+        return np.array(p, copy=True)
     if correction is Correction.BONFERRONI:
-        return np.minimum(p * d, 1.0)
+        bonferroni: np.ndarray = np.minimum(p * d, 1.0)
+        return bonferroni
     order = np.argsort(p)
     scaled = p[order] * d / np.arange(1, d + 1)
     stepped = np.minimum.accumulate(scaled[::-1])[::-1]  # adj_(i) = min_{j >= i} p_(j) d / j
@@ -122,8 +124,9 @@ def _bin_proportions(edges: Tensor, x: Tensor) -> Tensor:
     return counts / x.shape[0]
 
 
-def psi_values(edges: Tensor, reference_props: Tensor | None, reference: Tensor | None,
-               window: Tensor) -> tuple[Tensor, Tensor]:
+def psi_values(
+    edges: Tensor, reference_props: Tensor | None, reference: Tensor | None, window: Tensor
+) -> tuple[Tensor, Tensor]:
     """Population stability index per feature, and the reference proportions used.
 
     ``PSI = sum_b (w_b - r_b) * ln(w_b / r_b)`` with both proportions floored at ``1e-4``.

@@ -119,9 +119,10 @@ class ClassDrift(Monitor):
         if self.num_classes is None and x.ndim == 2:
             self.num_classes = x.shape[1]
         preds = _predictions(x)
-        if self.num_classes is not None and int(preds.max()) >= self.num_classes:
+        top = int(preds.max())
+        if self.num_classes is not None and (top >= self.num_classes or int(preds.min()) < 0):
             raise InputValidationError(
-                f"{self.name}: predicted class {int(preds.max())} is outside 0..{self.num_classes - 1}"
+                f"{self.name}: predicted classes must be in 0..{self.num_classes - 1}, got {top}"
             )
         return preds.reshape(-1, 1).double()
 
@@ -205,7 +206,9 @@ class ConfidenceDrift(Monitor):
         self.reference_mean = float(kept.mean())
 
     def _test(self, window: Tensor) -> WindowStatistic:
-        test = _ks_test(self._ref_sorted, window, Correction.NONE, self.calibration.false_alarm_rate)
+        test = _ks_test(
+            self._ref_sorted, window, Correction.NONE, self.calibration.false_alarm_rate
+        )
         detail = {
             "quantity": self.kind.value,
             "reference_mean": self.reference_mean,

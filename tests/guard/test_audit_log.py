@@ -1,0 +1,188 @@
+"""Audit log: round trip, append-only, threads, and no acknowledged record lost to kill -9."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome, digest_input
+from bastion.guard.monitors import MonitorResult
+
+
+def _record(i: int, **kw: object) -> AuditRecord:
+    return AuditRecord.create(inputs=torch.full((2, 3), float(i)), request_id=f"req-{i}", **kw)
+
+
+def test_digest_is_canonical_and_never_the_input() -> None:
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    assert digest_input(x) == digest_input(x.t().contiguous().t())  # layout does not matter
+    assert digest_input(x) == digest_input(x.numpy().astype(">f4"))  # nor byte order
+    assert digest_input(x) != digest_input(x.double())  # dtype does
+    assert digest_input(x) != digest_input(x.reshape(3, 2))  # shape does
+    assert digest_input(b"abc") == digest_input("abc") != digest_input(b"abd")
+    assert len(digest_input(x)) == 64
+
+
+def test_append_read_filter_and_export(tmp_path: Path) -> None:
+    monitor = MonitorResult(
+        name="ks",
+        statistic=float("nan"),
+        threshold=1.0,
+        p_value=None,
+        alarm=False,
+        evaluated=False,
+        samples_seen=3,
+    )
+    with AuditLog.open(tmp_path / "audit.db") as log:
+        log.append(_record(0, prediction=[1, 2], checks={"finite": True}, monitors=[monitor]))
+        time.sleep(0.01)
+        cut = dt.datetime.now(dt.timezone.utc)
+        time.sleep(0.01)
+        log.append(
+            _record(
+                1,
+                outcome=Outcome.REFUSED,
+                reason="schema: value out of range",
+                validation={"ok": False},
+            )
+        )
+        log.append(_record(2, prediction=np.int64(7)))
+        rows = log.rows()
+        assert [r.request_id for r in rows] == ["req-0", "req-1", "req-2"]
+        assert rows[0].monitors[0]["name"] == "ks" and rows[0].monitors[0]["statistic"] is None
+        assert rows[1].outcome is Outcome.REFUSED and rows[1].reason.startswith("schema")
+        assert rows[2].prediction == 7
+        assert rows[0].input_digest == digest_input(torch.zeros(2, 3))
+        assert [r.request_id for r in log.rows(since=cut)] == ["req-1", "req-2"]
+        assert [r.request_id for r in log.rows(limit=1)] == ["req-0"]
+        assert len(log) == 3
+        with pytest.raises(InputValidationError, match="already"):
+            log.append(_record(2))
+        n = log.export_jsonl(tmp_path / "out" / "audit.jsonl")
+    lines = (tmp_path / "out" / "audit.jsonl").read_text().splitlines()
+    assert n == 3 and [json.loads(t)["request_id"] for t in lines] == ["req-0", "req-1", "req-2"]
+    assert AuditRecord.from_dict(json.loads(lines[1])) == rows[1]
+    with pytest.raises(ConfigurationError, match="timezone"):
+        AuditLog.open(tmp_path / "audit.db").rows(since=dt.datetime(2020, 1, 1))
+
+
+def test_append_only_is_enforced_by_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with AuditLog.open(path) as log:
+        log.append(_record(0))
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only: UPDATE"):
+        conn.execute("UPDATE audit SET outcome = 'refused'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only: DELETE"):
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    assert not hasattr(AuditLog, "delete") and not hasattr(AuditLog, "update")
+    with AuditLog.open(f"sqlite:///{path}") as log:
+        assert [r.request_id for r in log.rows()] == ["req-0"]
+        assert log._backend._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_concurrent_appends_from_threads(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit.db")
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(25):
+                log.append(AuditRecord.create(inputs=b"x", request_id=f"t{t}-{i}"))
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    ids = [r.request_id for r in log.rows()]
+    assert len(ids) == 200 and set(ids) == {f"t{t}-{i}" for t in range(8) for i in range(25)}
+    log.close()
+
+
+def test_urls_and_missing_driver(tmp_path: Path) -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigurationError, match=r"pip install 'psycopg\[binary\]'"):
+            AuditLog.open("postgresql://bastion@db.invalid/audit")
+    else:  # the driver is there: an unreachable server is a clear configuration error
+        with pytest.raises(ConfigurationError, match="cannot connect"):
+            AuditLog.open("postgresql://bastion@127.0.0.1:1/audit?connect_timeout=2")
+    with pytest.raises(ConfigurationError, match="unsupported audit log URL scheme 'mysql'"):
+        AuditLog.open("mysql://x@y/z")
+    with pytest.raises(ConfigurationError, match="sqlite:///"):
+        AuditLog.open("sqlite://relative.db")
+
+
+_CHILD = """
+import sys, torch
+from bastion.guard.audit_log import AuditLog, AuditRecord
+log = AuditLog.open(sys.argv[1])
+x = torch.rand(4, 28, 28)
+i = 0
+while True:
+    rid = f"kill-{i}"
+    log.append(AuditRecord.create(inputs=x, request_id=rid, prediction=[i] * 4,
+                                  checks={"finite": True}, monitors=[{"name": "ks", "s": i}]))
+    print(rid, flush=True)
+    i += 1
+"""
+
+
+def test_kill_9_mid_write_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    acked: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            acked.append(line.strip())
+            if len(acked) >= 300:
+                break
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    done.wait(60)  # bounded: at most a minute of appends
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    reader.join(5)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert len(acked) >= 20, f"child acknowledged only {len(acked)} appends: {stderr[-2000:]}"
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with AuditLog.open(path) as log:
+        stored = {r.request_id for r in log.rows()}
+    missing = [rid for rid in acked if rid not in stored]
+    assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
