@@ -92,7 +92,8 @@ class PGD(Attack):
         if not isinstance(self.restarts, int) or self.restarts < 1:
             raise ConfigurationError(f"restarts must be a positive integer, got {self.restarts!r}")
         if self.step_size is not None and not (
-            math.isfinite(self.step_size) and (self.step_size > 0 or self.threat.eps == 0)
+            math.isfinite(self.step_size)
+            and (self.step_size > 0 or self.threat.eps / self.steps == 0.0)  # eps ~ 0
         ):
             raise ConfigurationError(f"step_size must be positive, got {self.step_size!r}")
         if not (math.isfinite(self.momentum) and self.momentum >= 0):
