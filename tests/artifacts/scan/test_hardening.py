@@ -316,3 +316,27 @@ def test_bypass_zip_case_folded_member_names() -> None:
     report = scan_bytes(buf.getvalue())
     assert report.verdict is not Verdict.SAFE
     assert any("only in case" in f.detail for f in report.findings)
+
+
+@pytest.mark.parametrize("spelling", ["'object'", "'i8,O'", "[('a', '<i8'), ('b', [('c', 'O')])]"])
+def test_bypass_npy_object_descr_spellings(spelling: str, tmp_path: Path) -> None:
+    """numpy.load reads the header's descr with numpy.dtype: every spelling of "objects"
+    unpickles the data."""
+    marker = tmp_path / "MARKER"
+    good = io.BytesIO()
+    np.save(good, np.array([None], dtype=object), allow_pickle=True)
+    raw = good.getvalue()
+    hlen = int.from_bytes(raw[8:10], "little")
+    header = raw[10 : 10 + hlen].decode("latin-1").replace("'|O'", spelling).rstrip()
+    header += " " * ((64 - (11 + len(header)) % 64) % 64) + "\n"
+    data = (raw[:8] + len(header).to_bytes(2, "little") + header.encode("latin-1")
+            + payloads.payload_pickle(marker, protocol=2))
+    try:
+        np.load(io.BytesIO(data), allow_pickle=True)
+    except Exception:  # noqa: BLE001, S110 - the payload ran before the shape check failed
+        pass
+    assert marker.exists()
+    marker.unlink()
+    assert scan_bytes(data).verdict is Verdict.UNSAFE
+    _refused(data)
+    assert not marker.exists()

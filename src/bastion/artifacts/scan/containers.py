@@ -254,11 +254,16 @@ def _scan_compressed(buf: memoryview, fmt: str, ctx: ScanContext, loc: str, dept
 
 
 def _has_object(descr: Any) -> bool:
-    if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
-    if isinstance(descr, list):
-        return any(isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr)
-    return True  # unknown shapes of descr: assume a loader could take it for objects
+    """Would ``numpy.load`` unpickle this array? Decided by numpy's own reading of the header's
+    ``descr`` (``"object"``, ``"i8,O"`` and nested fields all mean objects); a descr numpy
+    rejects cannot be loaded, anything else odd is assumed to hold objects."""
+    import numpy as np  # noqa: PLC0415 - only .npy files need it
+
+    try:
+        return bool(np.lib.format.descr_to_dtype(descr).hasobject)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError,
+            MemoryError, OverflowError):
+        return True
 
 
 def _scan_npy(buf: memoryview, ctx: ScanContext, loc: str) -> None:
