@@ -83,6 +83,7 @@ def test_append_only_is_enforced_by_the_database(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     with AuditLog.open(path) as log:
         log.append(_record(0))
+    assert path.stat().st_mode & 0o077 == 0  # owner-only
     conn = sqlite3.connect(path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only: UPDATE"):
         conn.execute("UPDATE audit SET outcome = 'refused'")
@@ -159,22 +160,23 @@ def test_kill_9_mid_write_loses_no_acknowledged_record(tmp_path: Path) -> None:
         text=True,
     )
     acked: list[str] = []
-    done = threading.Event()
+    enough = threading.Event()
 
-    def read() -> None:
+    def read() -> None:  # every line, to EOF: the child prints an id only after append returned
         assert proc.stdout is not None
         for line in proc.stdout:
             acked.append(line.strip())
-            if len(acked) >= 300:
-                break
-        done.set()
+            if len(acked) >= 257:
+                enough.set()
+        enough.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    done.wait(60)  # bounded: at most a minute of appends
+    enough.wait(60)  # bounded: at most a minute of appends
+    time.sleep(0.05)  # kill at an arbitrary point, mid-append
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    reader.join(5)
+    reader.join(10)
     stderr = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == -signal.SIGKILL, stderr
     assert len(acked) >= 20, f"child acknowledged only {len(acked)} appends: {stderr[-2000:]}"

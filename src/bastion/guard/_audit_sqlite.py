@@ -6,6 +6,7 @@ returned survives a process kill and a power loss; NORMAL would only survive the
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
 class SQLiteBackend:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # owner-only: records hold predictions and decisions
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
         self._lock = threading.Lock()
         try:
