@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,23 @@ def test_update_schedule_and_errors() -> None:
         Calibration(false_alarm_rate=1.5)
     mon.reset()
     assert mon.samples_seen == 0 and mon.last_result is None
+
+
+def test_concurrent_updates_keep_the_window_consistent() -> None:
+    mon = PSIDrift(calibration=Calibration(window=64, n_windows=20, test_every=1))
+    mon.fit(torch.randn(400, 3, generator=torch.Generator().manual_seed(0)))
+    batches = [torch.full((8, 3), float(i)) for i in range(40)]
+
+    def feed(part: list[torch.Tensor]) -> None:
+        for b in part:
+            mon.update(b)
+
+    threads = [threading.Thread(target=feed, args=(batches[t::4],)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert mon.samples_seen == 320
+    values = mon._window.values() if mon._window is not None else torch.empty(0)
+    counts = torch.unique(values[:, 0], return_counts=True)[1]
+    assert values.shape == (64, 3) and bool((counts == 8).all())  # whole batches, never torn
