@@ -15,6 +15,7 @@ from rich.markup import escape
 from bastion._version import __version__
 from bastion.cli import audit as _audit
 from bastion.cli import convert as _convert
+from bastion.cli import evaluate as _evaluate
 from bastion.cli import manifest as _manifest
 from bastion.cli import scan as _scan
 from bastion.cli import serve as _serve
@@ -36,6 +37,7 @@ app.command("keygen")(_sign.keygen)
 app.command("sign")(_sign.sign)
 app.command("verify")(_sign.verify)
 app.command("convert")(_convert.convert)
+app.command("evaluate")(_evaluate.evaluate)
 app.command("manifest")(_manifest.manifest)
 app.command("serve")(_serve.serve)
 app.add_typer(_serve.apikey_app, name="apikey")

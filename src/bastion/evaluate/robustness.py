@@ -185,7 +185,7 @@ def _device_of(model: nn.Module, x: torch.Tensor) -> torch.device:
 def _clean_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     try:
         logits = predict(model, x, batch_size)
-    except RuntimeError as exc:  # shape mismatch inside the model: say which shapes met
+    except (RuntimeError, AssertionError) as exc:  # shape mismatch inside the model
         raise InputValidationError(
             f"the model could not run on inputs of shape {tuple(x.shape[1:])} per sample: {exc}"
         ) from exc

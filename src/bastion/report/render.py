@@ -42,7 +42,14 @@ def render_json(report: Result) -> str:
 def render_html(report: Result) -> str:
     """The report as a single HTML page with inline styles (every value HTML-escaped)."""
     data: dict[str, Any] = report.to_dict()
-    return _ENV.get_template("audit.html.j2").render(report=data)
+    robustness: dict[int, Any] = {}
+    for index, section in enumerate(getattr(report, "sections", ())):
+        result = getattr(section, "result", None)
+        if result is not None and hasattr(result, "examples"):  # a Robustness section
+            from bastion.report.robustness import robustness_context
+
+            robustness[index] = robustness_context(result)
+    return _ENV.get_template("audit.html.j2").render(report=data, robustness=robustness)
 
 
 def write_report(report: Result, out_dir: str | Path) -> tuple[Path, Path]:
