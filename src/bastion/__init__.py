@@ -51,6 +51,7 @@ if _typing.TYPE_CHECKING:  # the names, for type checkers and IDEs; imported laz
     )
     from bastion.core.threat import Norm, ThreatModel
     from bastion.data import DatasetSplits, load_dataset, load_npz
+    from bastion.evaluate import RobustnessResult, SanityCheck, compare, robustness
     from bastion.zoo import DemoCNN, demo_info, demo_model, demo_model_path
 
     scan = scan_paths
@@ -94,6 +95,10 @@ _LAZY: dict[str, str] = {
     "load_npz": "bastion.data",
     "load_policy": "bastion.artifacts.scan",
     "run_audit": "bastion.audit",
+    "robustness": "bastion.evaluate",
+    "RobustnessResult": "bastion.evaluate",
+    "SanityCheck": "bastion.evaluate",
+    "compare": "bastion.evaluate",
     "scan_bytes": "bastion.artifacts.scan",
     "scan_file": "bastion.artifacts.scan",
     "scan_paths": "bastion.artifacts.scan",
@@ -134,6 +139,8 @@ __all__ = [
     "ManifestCheck",
     "Norm",
     "Policy",
+    "RobustnessResult",
+    "SanityCheck",
     "ScanReport",
     "Severity",
     "SignatureError",
@@ -143,6 +150,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "check_manifest",
+    "compare",
     "convert",
     "create_manifest",
     "demo_info",
@@ -153,6 +161,7 @@ __all__ = [
     "load_dataset",
     "load_npz",
     "load_policy",
+    "robustness",
     "run_audit",
     "scan",
     "scan_bytes",
