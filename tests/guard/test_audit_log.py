@@ -188,3 +188,42 @@ def test_kill_9_mid_write_loses_no_acknowledged_record(tmp_path: Path) -> None:
         stored = {r.request_id for r in log.rows()}
     missing = [rid for rid in acked if rid not in stored]
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
+
+
+def test_concurrent_appends_share_one_commit_and_a_duplicate_fails_alone(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit.db")
+    backend = log._backend
+    log.append(AuditRecord.create(inputs=b"first", request_id="dup"))
+    groups: list[int] = []
+    commit = backend._commit
+    backend._commit = lambda group: (groups.append(len(group)), commit(group))[1]
+    errors: dict[str, BaseException] = {}
+
+    def append(rid: str) -> None:
+        try:
+            log.append(AuditRecord.create(inputs=rid.encode(), request_id=rid))
+        except InputValidationError as err:
+            errors[rid] = err
+
+    ids = [f"r{i}" for i in range(7)] + ["dup"]
+    with backend._lock:  # a commit in progress: every append queues behind it
+        threads = [threading.Thread(target=append, args=(rid,)) for rid in ids]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(backend._queued) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for t in threads:
+        t.join(10)
+    assert groups == [len(ids)]  # one transaction, one fsync for all eight
+    assert list(errors) == ["dup"]
+    rows = [r.request_id for r in log.rows()]
+    assert rows[0] == "dup" and sorted(rows[1:]) == ids[:-1]
+    log.close()
+
+
+def test_synchronous_normal_is_opt_in_and_checked(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "a.db", synchronous="normal") as log:
+        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        AuditLog.open(tmp_path / "b.db", synchronous="OFF")

@@ -1,11 +1,20 @@
-"""SQLite backend of the audit log: WAL, synchronous=FULL, append-only triggers, one locked conn.
+"""SQLite backend of the audit log: WAL, append-only triggers, group commit on one connection.
 
-``synchronous=FULL`` in WAL mode fsyncs the WAL on every commit, so a record whose append
-returned survives a process kill and a power loss; NORMAL would only survive the former.
+``synchronous=FULL`` (the default) in WAL mode fsyncs the WAL on every commit, so a record whose
+append returned survives a process kill and a power loss; ``NORMAL`` skips that fsync and only
+survives a process kill (the OS still holds the write), which is why it is never the default.
+
+Group commit: concurrent appends share one transaction and one fsync. Each append queues its row;
+whichever caller holds the writer lock commits everything queued at that moment (its own row
+included) and marks those rows done; a caller whose row was committed by another returns without
+touching the database. So every append still returns only after its own row's commit, and N
+concurrent appends cost about one fsync instead of N. A duplicate request id fails only its own
+row (SQLite aborts the statement, not the transaction).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -14,7 +23,9 @@ from pathlib import Path
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SYNCHRONOUS", "SQLiteBackend"]
+
+SYNCHRONOUS = ("FULL", "NORMAL")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -32,13 +43,30 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
 """
 
 
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """One queued row and what became of it."""
+
+    row: tuple[str, str, str, str]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class SQLiteBackend:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        level = synchronous.upper()
+        if level not in SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {SYNCHRONOUS} (FULL survives power loss, NORMAL "
+                f"only a process kill), got {synchronous!r}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():  # owner-only: records hold predictions and decisions
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer: held while one group is committed
+        self._queued_lock = threading.Lock()
+        self._queued: list[_Pending] = []
         try:
             conn = sqlite3.connect(
                 str(path), timeout=30.0, isolation_level=None, check_same_thread=False
@@ -46,29 +74,51 @@ class SQLiteBackend:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ConfigurationError(f"{path}: SQLite refused WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={level}")
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
             raise ConfigurationError(f"cannot open audit log {path}: {err}") from err
         self._conn = conn
 
     def append(self, request_id: str, time: str, outcome: str, record: str) -> None:
+        pending = _Pending((request_id, time, outcome, record))
+        with self._queued_lock:
+            self._queued.append(pending)
         with self._lock:
+            if not pending.done:  # nobody committed it while we waited: commit the group
+                with self._queued_lock:
+                    group, self._queued = self._queued, []
+                self._commit(group)
+        if pending.error is not None:
+            raise pending.error
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Insert ``group`` in one transaction (one fsync); mark each row done or failed."""
+        try:
             self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT INTO audit (request_id, time, outcome, record) VALUES (?, ?, ?, ?)",
-                    (request_id, time, outcome, record),
-                )
-            except sqlite3.IntegrityError:
-                self._conn.execute("ROLLBACK")
-                raise InputValidationError(
-                    f"request id {request_id!r} is already in the audit log; ids must be unique"
-                ) from None
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            for pending in group:
+                try:
+                    self._conn.execute(
+                        "INSERT INTO audit (request_id, time, outcome, record) "
+                        "VALUES (?, ?, ?, ?)",
+                        pending.row,
+                    )
+                except sqlite3.IntegrityError:
+                    pending.error = InputValidationError(
+                        f"request id {pending.row[0]!r} is already in the audit log; ids must "
+                        "be unique"
+                    )
             self._conn.execute("COMMIT")
+        except BaseException as err:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            for pending in group:
+                pending.error = pending.error or err
+            if not isinstance(err, Exception):
+                raise  # KeyboardInterrupt and the like are not swallowed
+        finally:
+            for pending in group:
+                pending.done = True
 
     def records(self, since: str | None, limit: int | None) -> Iterator[str]:
         sql, args = "SELECT record FROM audit", []

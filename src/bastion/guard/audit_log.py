@@ -3,7 +3,8 @@
 The raw input is never stored: only its SHA-256 over a canonical encoding (:func:`digest_input`).
 SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=FULL`` so an
 ``append`` that returned has been committed and fsynced, triggers that abort any UPDATE or DELETE,
-one connection behind a lock so server threads can share it. ``AuditLog.open("postgresql://...")``
+one connection shared by server threads, whose concurrent appends are group-committed (one
+transaction and one fsync for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
 shares one log between replicas (needs ``psycopg``).
 
 Example:
@@ -157,8 +158,15 @@ class AuditLog:
         self._backend = backend
 
     @classmethod
-    def open(cls, target: str | Path) -> AuditLog:
+    def open(cls, target: str | Path, *, synchronous: str = "FULL") -> AuditLog:
         """Open (creating if needed) a log: a file path or ``sqlite:///path``, or ``postgresql://``.
+
+        Args:
+            target: the SQLite path or URL, or a PostgreSQL URL.
+            synchronous: SQLite only. ``"FULL"`` (default) fsyncs every commit: an acknowledged
+                row survives a power loss. ``"NORMAL"`` skips the fsync: rows survive a killed
+                process but the last ones may be lost on a power cut. Concurrent appends share
+                one commit either way (group commit).
 
         Raises:
             ConfigurationError: unknown URL scheme, or ``psycopg`` missing for PostgreSQL.
@@ -180,7 +188,7 @@ class AuditLog:
             )
         from bastion.guard._audit_sqlite import SQLiteBackend
 
-        return cls(SQLiteBackend(Path(text)))
+        return cls(SQLiteBackend(Path(text), synchronous=synchronous))
 
     def append(self, record: AuditRecord) -> None:
         """Append one record; returns only once it is committed (and, on SQLite, fsynced)."""
