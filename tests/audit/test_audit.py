@@ -18,16 +18,6 @@ from bastion.audit import CheckStatus, run_audit
 from bastion.report import render_html, write_report
 
 
-@pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One trained demo model for the whole session (the real trainer, cached like a user's)."""
-    from bastion.zoo import demo_model
-
-    cache = tmp_path_factory.mktemp("zoo-cache")
-    demo_model(cache_dir=cache)
-    return cache
-
-
 def _checks(file: object) -> dict[str, CheckStatus]:
     return {c.name: c.status for c in file.checks}  # type: ignore[attr-defined]
 
