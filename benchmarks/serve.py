@@ -2,16 +2,19 @@
 
 Both variants run behind the same app (auth, limits, metrics) on loopback, one after the other,
 with the same request bodies. "guarded" adds the input guard (schema + policy), output checks,
-the four default monitors and the durable SQLite audit log (an fsync per request); "guard
-without audit" isolates the audit log's share; "bare" is the model alone. The monitor update
+the four default monitors (fed off the request path, window re-tested every 20 samples) and the
+durable SQLite audit log (synchronous=FULL: an fsync per commit, shared by concurrent requests);
+"guard without audit" isolates the audit log's share, "audit NORMAL" shows the opt-in setting
+without the fsync; "bare" is the model alone. ``--clients N`` runs N concurrent clients. The monitor update
 cost per sample is timed in-process. Bounded: ``--requests`` per variant, loopback only.
 
-    python benchmarks/serve.py --requests 400 --batch 1
+    python benchmarks/serve.py --requests 400 --batch 1 [--clients 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import platform
 import socket
 import statistics
@@ -32,29 +35,40 @@ from bastion.guard.outputs import OutputChecker  # noqa: E402
 from bastion.guard.policy import InputGuard  # noqa: E402
 from bastion.guard.schema import TensorSchema  # noqa: E402
 from bastion.serve import KeyStore, Pipeline, ServeConfig, create_app, create_key  # noqa: E402
-from bastion.serve._stages import default_monitors, open_audit_log  # noqa: E402
+from bastion.guard.audit_log import AuditLog  # noqa: E402
+from bastion.serve._stages import default_monitors  # noqa: E402
 from bastion.serve.build import ModelSpec, load_model  # noqa: E402
 
 
-def measure(pipeline: Pipeline, keys: Path, key: str, bodies: list[bytes]) -> dict[str, float]:
-    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=1)
-    latencies = []
-    nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+def measure(
+    pipeline: Pipeline, keys: Path, key: str, bodies: list[bytes], clients: int = 1
+) -> dict[str, float]:
+    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, clients))
     headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
-    with LiveServer(create_app(pipeline, KeyStore.load(keys), config)) as live, httpx.Client(
-        base_url=live.url, headers=headers, transport=nodelay) as client:
-        for body in bodies[:20]:  # warm-up
-            client.post("/v1/predict", content=body)
+    with LiveServer(create_app(pipeline, KeyStore.load(keys), config)) as live:
+
+        def client_run(part: list[bytes]) -> list[float]:
+            nodelay = httpx.HTTPTransport(
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+            out = []
+            with httpx.Client(base_url=live.url, headers=headers, transport=nodelay) as client:
+                for body in part[:5]:  # warm-up
+                    client.post("/v1/predict", content=body)
+                for body in part:
+                    t = time.perf_counter()
+                    r = client.post("/v1/predict", content=body)
+                    out.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text
+            return out
+
+        parts = [bodies[i::clients] for i in range(clients)]
         start = time.perf_counter()
-        for body in bodies:
-            t = time.perf_counter()
-            r = client.post("/v1/predict", content=body)
-            latencies.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            latencies = [t for part in pool.map(client_run, parts) for t in part]
         total = time.perf_counter() - start
     latencies.sort()
     return {
-        "rps": len(bodies) / total,
+        "rps": len(latencies) / total,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
     }
@@ -64,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_mnist5k()
@@ -80,17 +95,19 @@ def main() -> None:
     keys = work / "keys.json"
     key = create_key(keys, "bench")
 
-    def guarded(audit: bool) -> Pipeline:
+    def guarded(sync: str | None) -> Pipeline:
+        db = work / f"audit-{time.time_ns()}.db"
         return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
                         output_checker=OutputChecker(10),
                         monitors=default_monitors(data.x_test, ref_logits),
-                        audit=open_audit_log(work / f"audit-{time.time_ns()}.db") if audit else None)
+                        audit=None if sync is None else AuditLog.open(db, synchronous=sync))
 
     rows: dict[str, dict[str, float]] = {}
     for name, make in [("bare", lambda: Pipeline(model=model, schema=schema)),
-                       ("guard without audit", lambda: guarded(False)),
-                       ("guarded (with audit log)", lambda: guarded(True))]:
-        rows[name] = measure(make(), keys, key, bodies)
+                       ("guard without audit", lambda: guarded(None)),
+                       ("guarded, audit synchronous=NORMAL", lambda: guarded("NORMAL")),
+                       ("guarded, audit synchronous=FULL (default)", lambda: guarded("FULL"))]:
+        rows[name] = measure(make(), keys, key, bodies, args.clients)
     suite = default_monitors(data.x_test, ref_logits)
     batch = x[: 50]
     with torch.no_grad():
@@ -102,9 +119,10 @@ def main() -> None:
         suite.update(batch, logits)
     per_sample_us = 1e6 * (time.perf_counter() - t) / (40 * len(batch))
 
-    print(f"python benchmarks/serve.py --requests {args.requests} --batch {args.batch} — "
+    print(f"python benchmarks/serve.py --requests {args.requests} --batch {args.batch} "
+          f"--clients {args.clients} — "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
-          f"torch {torch.__version__}, 1 torch thread, sequential client on loopback\n")
+          f"torch {torch.__version__}, 1 torch thread, {args.clients} client(s) on loopback\n")
     print("| variant | req/s | p50 ms | p99 ms | p50 vs bare |")
     print("| --- | ---: | ---: | ---: | ---: |")
     base = rows["bare"]["p50_ms"]

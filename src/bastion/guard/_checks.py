@@ -123,6 +123,24 @@ def _extreme(flat: Tensor, bad: Tensor, *, largest: bool) -> tuple[Tensor, Tenso
     return masked.gather(1, position[:, None])[:, 0], position
 
 
+def _located(rule: Rule, flat: Tensor, bad: Tensor, largest: bool | None) -> RuleHits:
+    """Per-sample hits of one value rule; the offending value is located only when there is one.
+
+    ``largest`` picks the most extreme offending value (True: maximum, False: minimum); None
+    picks the first one. A clean batch (the common case) skips the search.
+    """
+    mask = bad.any(1)
+    if not bool(mask.any()):
+        zeros = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
+        return RuleHits(rule, mask, zeros, zeros.double(), zeros)
+    if largest is None:
+        position = bad.to(torch.uint8).argmax(1)
+        value = flat.gather(1, position[:, None])[:, 0].double()
+    else:
+        value, position = _extreme(flat, bad, largest=largest)
+    return RuleHits(rule, mask, bad.sum(1), value, position)
+
+
 def _value_hits(schema: TensorSchema, x: Tensor) -> list[RuleHits]:
     if not (x.is_floating_point() or x.dtype in _VALUE_KINDS) or x.dim() == 0:
         return []
@@ -132,17 +150,11 @@ def _value_hits(schema: TensorSchema, x: Tensor) -> list[RuleHits]:
     hits: list[RuleHits] = []
     if schema.finite and x.is_floating_point():
         bad = ~torch.isfinite(flat)
-        position = bad.to(torch.uint8).argmax(1)
-        value = flat.gather(1, position[:, None])[:, 0].double()
-        hits.append(RuleHits(Rule.NON_FINITE, bad.any(1), bad.sum(1), value, position))
+        hits.append(_located(Rule.NON_FINITE, flat, bad, None))
     if schema.min is not None:
-        bad = flat < schema.min
-        value, position = _extreme(flat, bad, largest=False)
-        hits.append(RuleHits(Rule.MIN, bad.any(1), bad.sum(1), value, position))
+        hits.append(_located(Rule.MIN, flat, flat < schema.min, False))
     if schema.max is not None:
-        bad = flat > schema.max
-        value, position = _extreme(flat, bad, largest=True)
-        hits.append(RuleHits(Rule.MAX, bad.any(1), bad.sum(1), value, position))
+        hits.append(_located(Rule.MAX, flat, flat > schema.max, True))
     stats = schema.stats
     if stats is not None and tuple(x.shape[1:]) == schema.sample_shape():
         z = stats.zscores(flat)

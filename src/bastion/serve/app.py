@@ -211,9 +211,12 @@ def create_app(
 class _Pools:
     """The threads of one app run (created at startup, so an app can be started again).
 
-    ``infer`` runs parsing, the guard and the model (abandoned on timeout); ``commit`` is a
-    single thread, so monitor updates and audit rows are written one at a time, in order.
+    ``infer`` runs parsing, the guard and the model (abandoned on timeout); ``commit`` hands
+    batches to the monitors' thread and waits for the audit row's commit. It has several threads
+    so that concurrent requests' rows can share one group commit (one fsync); they mostly wait.
     """
+
+    COMMIT_THREADS = 16
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -222,7 +225,7 @@ class _Pools:
 
     def start(self) -> None:
         self.infer = concurrent.futures.ThreadPoolExecutor(self.workers, "bastion-infer")
-        self.commit = concurrent.futures.ThreadPoolExecutor(1, "bastion-commit")
+        self.commit = concurrent.futures.ThreadPoolExecutor(self.COMMIT_THREADS, "bastion-commit")
 
     def stop(self) -> None:
         self.infer.shutdown(wait=False, cancel_futures=True)

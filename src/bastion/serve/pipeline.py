@@ -2,8 +2,12 @@
 
 The pipeline is split where the server needs it split. :meth:`Pipeline.infer` (guard, model,
 output checks) is pure computation and may be abandoned on a timeout; :meth:`Pipeline.commit`
-(monitors and the audit row) runs only for answers that will be sent, serialised under one lock,
-and returns only once the audit row is durable - so an acknowledged request is always on record.
+(monitors and the audit row) runs only for answers that will be sent and returns only once the
+audit row is durable - so an acknowledged request is always on record. Concurrent commits share
+the audit log's group commit (one fsync for many rows). The monitors are fed off the request
+path by one background thread (:class:`~bastion.serve._monitor_worker.MonitorWorker`): an answer
+and its audit row carry the monitors' verdict on the batches tested before it, and
+:meth:`Pipeline.monitor_state` first waits for every queued batch.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard, InvalidDataPolicy
 from bastion.guard.schema import TensorSchema
+from bastion.serve._monitor_worker import Listener, MonitorWorker, summarize
 from bastion.serve.limits import Refusal
 
 __all__ = ["Inference", "MonitorLike", "Pipeline"]
@@ -62,6 +67,10 @@ class Pipeline:
         monitors: fed ``(inputs, outputs)`` per batch; optional.
         audit: the audit log; optional (bare model).
         name: what ``/healthz`` reports.
+        background_monitors: feed the monitors from a background thread (default) instead of
+            on the request path; answers then carry the verdict of earlier batches.
+        monitor_listeners: called with every monitor update's results (e.g. an alert manager's
+            ``evaluate``), on the thread that updates the monitors.
     """
 
     def __init__(
@@ -74,6 +83,8 @@ class Pipeline:
         monitors: MonitorLike | None = None,
         audit: AuditLog | None = None,
         name: str = "model",
+        background_monitors: bool = True,
+        monitor_listeners: Sequence[Listener] = (),
     ) -> None:
         self.model = model.eval()
         for parameter in self.model.parameters():
@@ -81,6 +92,12 @@ class Pipeline:
         self.schema, self.guard, self.name = schema, guard, name
         self.output_checker, self.monitors, self.audit = output_checker, monitors, audit
         self._lock = threading.Lock()
+        self._listeners = list(monitor_listeners)
+        self._worker = (
+            MonitorWorker(monitors, listeners=self._listeners)
+            if monitors is not None and background_monitors
+            else None
+        )
 
     def infer(self, batch: Tensor) -> Inference:
         """Guard, run and check one batch (no side effects).
@@ -113,11 +130,16 @@ class Pipeline:
         probabilities = None
         if self.output_checker is not None:
             report = self.output_checker.check(logits)
+            counts = report.counts
             checks["output"] = {
                 "ok": report.ok,
                 "problems": list(report.problems),
-                "counts": report.counts,
-                "flagged": {k: v for k, v in report.to_dict()["flagged"].items() if v},
+                "counts": counts,
+                "flagged": {  # only the flags raised (not the whole report: it is per request)
+                    flag: getattr(report, flag).nonzero()[:, 0].tolist()
+                    for flag, n in counts.items()
+                    if n
+                },
             }
             if not report.ok:  # never send NaN or a malformed answer on; a model fault: 500
                 raise Refusal(
@@ -143,55 +165,48 @@ class Pipeline:
     def commit(self, *, request_id: str, body: bytes, inference: Inference) -> dict[str, Any]:
         """Feed the monitors and write the audit row (durable on return); the checks to send."""
         checks = dict(inference.checks)
-        with self._lock:
-            if self.monitors is not None:
-                checks["monitors"] = _monitor_summary(
-                    self.monitors.update(inference.inputs, inference.logits)
+        if self._worker is not None:
+            checks["monitors"] = self._worker.summary()
+            self._worker.submit(inference.inputs, inference.logits)
+        elif self.monitors is not None:
+            with self._lock:
+                results = self.monitors.update(inference.inputs, inference.logits)
+                for listener in self._listeners:
+                    listener(results)
+            checks["monitors"] = summarize(results)
+        if self.audit is not None:
+            self.audit.append(
+                AuditRecord.create(
+                    inputs=body,
+                    request_id=request_id,
+                    validation=checks.get("input"),
+                    prediction=inference.predictions.tolist(),
+                    checks=checks.get("output"),
+                    monitors=[checks["monitors"]] if "monitors" in checks else None,
                 )
-            if self.audit is not None:
-                self.audit.append(
-                    AuditRecord.create(
-                        inputs=body,
-                        request_id=request_id,
-                        validation=checks.get("input"),
-                        prediction=inference.predictions.tolist(),
-                        checks=checks.get("output"),
-                        monitors=[checks["monitors"]] if "monitors" in checks else None,
-                    )
-                )
+            )
         return checks
 
     def record_refusal(self, *, request_id: str, body: bytes, refusal: Refusal) -> None:
         """Write the audit row of a refused request: its reason, never its values."""
         if self.audit is None:
             return
-        with self._lock:
-            self.audit.append(
-                AuditRecord.create(
-                    inputs=body,
-                    request_id=request_id,
-                    outcome=Outcome.REFUSED,
-                    reason=f"{refusal.status} {refusal.error}: {refusal.message}"[:2000],
-                    validation=refusal.detail,
-                )
+        self.audit.append(
+            AuditRecord.create(
+                inputs=body,
+                request_id=request_id,
+                outcome=Outcome.REFUSED,
+                reason=f"{refusal.status} {refusal.error}: {refusal.message}"[:2000],
+                validation=refusal.detail,
             )
+        )
 
     def monitor_state(self) -> dict[str, Any]:
         """The monitors' current state (``{}`` without monitors)."""
         if self.monitors is None:
             return {}
+        if self._worker is not None:
+            self._worker.drain()
         with self._lock:
             state = _to_json(self.monitors.state())
         return state if isinstance(state, dict) else {"state": state}
-
-
-def _monitor_summary(results: Any) -> dict[str, Any]:
-    """The monitors' results for the answer and the audit row: alarms, statistic vs threshold."""
-    rows = [to_jsonable(r) for r in results]
-    return {
-        "alarms": sorted(r["name"] for r in rows if r.get("alarm")),
-        "results": {
-            r["name"]: {k: v for k, v in r.items() if k not in ("name", "detail", "schema_version")}
-            for r in rows
-        },
-    }

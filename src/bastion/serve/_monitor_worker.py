@@ -1,0 +1,133 @@
+"""Feed the monitors from one background thread, off the request path.
+
+A request hands its batch to :meth:`MonitorWorker.submit` and goes on; the worker thread takes
+whatever batches are queued, concatenates those of the same sample shape (one monitor update for
+many requests, same samples in the same order, so windows and ``test_every`` strides are exactly
+those of feeding them one by one) and updates the suite. The queue is bounded: when the monitors
+fall behind, ``submit`` blocks (back-pressure) rather than dropping samples. Answers carry the
+verdict of the batches already tested (:meth:`summary`); ``drain`` waits until every submitted
+batch has been seen, which ``GET /v1/monitor`` does so that its state is never stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bastion.core.results import to_jsonable
+
+__all__ = ["MonitorWorker", "summarize"]
+
+_log = logging.getLogger("bastion.serve")
+Listener = Callable[[Sequence[Any]], None]
+
+
+def summarize(results: Sequence[Any]) -> dict[str, Any]:
+    """Monitor results for answers and audit rows: alarms, and statistic vs threshold per monitor."""
+    rows = [to_jsonable(r) for r in results]
+    return {
+        "alarms": sorted(r["name"] for r in rows if r.get("alarm")),
+        "results": {
+            r["name"]: {k: v for k, v in r.items() if k not in ("name", "detail", "schema_version")}
+            for r in rows
+        },
+    }
+
+
+class MonitorWorker:
+    """One thread that updates a monitor suite with the batches requests submit.
+
+    Args:
+        monitors: anything with ``update(inputs, outputs) -> results`` (a ``MonitorSuite``).
+        listeners: called with each update's results on the worker thread (alert rules).
+        max_pending: batches that may wait before ``submit`` blocks.
+    """
+
+    def __init__(
+        self, monitors: Any, *, listeners: Sequence[Listener] = (), max_pending: int = 1024
+    ) -> None:
+        self.monitors = monitors
+        self.listeners = list(listeners)
+        self.failures = 0
+        self._queue: queue.Queue[tuple[Tensor, Tensor]] = queue.Queue(max_pending)
+        self._summary: dict[str, Any] = {"alarms": [], "results": {}}
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, inputs: Tensor, outputs: Tensor) -> None:
+        """Queue one batch (blocks only while ``max_pending`` batches already wait)."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="bastion-monitors", daemon=True
+                    )
+                    self._thread.start()
+        self._queue.put((inputs, outputs))
+
+    def summary(self) -> dict[str, Any]:
+        """The last update's summary (an immutable snapshot; replaced, never mutated)."""
+        return self._summary
+
+    def drain(self) -> None:
+        """Wait until every submitted batch has been fed to the monitors."""
+        self._queue.join()
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet fed."""
+        return self._queue.unfinished_tasks
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                for inputs, outputs in _coalesce(items):
+                    self._update(inputs, outputs)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    def _update(self, inputs: Tensor, outputs: Tensor) -> None:
+        try:
+            results = self.monitors.update(inputs, outputs)
+            self._summary = summarize(results)
+            for listener in self.listeners:
+                listener(results)
+        except Exception:  # a monitor fault must not kill the thread nor lose later batches
+            self.failures += 1
+            _log.exception("monitor update failed")
+
+
+def _coalesce(items: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Concatenate consecutive batches whose samples have the same shape and dtype."""
+    groups: list[list[tuple[Tensor, Tensor]]] = []
+    for item in items:
+        last = groups[-1][-1] if groups else None
+        if (
+            last is not None
+            and last[0].shape[1:] == item[0].shape[1:]
+            and last[1].shape[1:] == item[1].shape[1:]
+            and last[0].dtype == item[0].dtype
+            and last[1].dtype == item[1].dtype
+        ):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [
+        (g[0][0], g[0][1])
+        if len(g) == 1
+        else (torch.cat([i for i, _ in g]), torch.cat([o for _, o in g]))
+        for g in groups
+    ]
