@@ -108,14 +108,14 @@ def run_curve(
     alive = clean_pred == y
     runs: list[PointRun] = []
     total = len(points) * len(factories)
+    examples: list[AdversarialExample] = []  # from every eps up to examples_at (nested balls)
     with task_progress("evaluating robustness", total if progress else None) as advance:
         for eps in points:
             start = time.perf_counter()
             carried = int((clean_pred == y).sum()) - int(alive.sum())
             point_threat = threat.with_eps(eps)
             attack_runs: list[AttackRun] = []
-            examples: list[AdversarialExample] = []
-            want = max_examples if eps == examples_at else 0
+            want = max_examples if eps <= examples_at else 0
             for factory in factories:
                 attack = factory(point_threat)
                 record = AttackRun(
@@ -140,7 +140,7 @@ def run_curve(
                     seconds=time.perf_counter() - start,
                     forward=sum(r.forward for r in attack_runs),
                     backward=sum(r.backward for r in attack_runs),
-                    examples=examples,
+                    examples=list(examples),
                 )
             )
     return runs
