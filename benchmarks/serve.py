@@ -4,9 +4,10 @@ Both variants run behind the same app (auth, limits, metrics) on loopback, one a
 with the same request bodies. "guarded" adds the input guard (schema + policy), output checks,
 the four default monitors (fed off the request path, window re-tested every 20 samples) and the
 durable SQLite audit log (synchronous=FULL: an fsync per commit, shared by concurrent requests);
-"guard without audit" isolates the audit log's share, "audit NORMAL" shows the opt-in setting
-without the fsync; "bare" is the model alone. ``--clients N`` runs N concurrent clients. The monitor update
-cost per sample is timed in-process. Bounded: ``--requests`` per variant, loopback only.
+"guard without audit" isolates the audit log's share, "synchronous=NORMAL" shows the opt-in
+setting without the fsync; "bare" is the model alone. ``--clients N`` runs N concurrent clients.
+The monitor update cost per sample is timed in-process. Bounded: ``--requests`` per variant,
+loopback only.
 
     python benchmarks/serve.py --requests 400 --batch 1 [--clients 8]
 """
@@ -22,22 +23,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
-from conftest import LiveServer  # noqa: E402
-
 from bastion.data import load_mnist5k  # noqa: E402
+from bastion.guard.audit_log import AuditLog  # noqa: E402
 from bastion.guard.outputs import OutputChecker  # noqa: E402
 from bastion.guard.policy import InputGuard  # noqa: E402
 from bastion.guard.schema import TensorSchema  # noqa: E402
 from bastion.serve import KeyStore, Pipeline, ServeConfig, create_app, create_key  # noqa: E402
-from bastion.guard.audit_log import AuditLog  # noqa: E402
 from bastion.serve._stages import default_monitors  # noqa: E402
 from bastion.serve.build import ModelSpec, load_model  # noqa: E402
+from conftest import LiveServer  # noqa: E402
 
 
 def measure(

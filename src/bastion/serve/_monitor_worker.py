@@ -29,7 +29,7 @@ Listener = Callable[[Sequence[Any]], None]
 
 
 def summarize(results: Sequence[Any]) -> dict[str, Any]:
-    """Monitor results for answers and audit rows: alarms, and statistic vs threshold per monitor."""
+    """Monitor results for answers and audit rows: alarms, statistic vs threshold per monitor."""
     rows = [to_jsonable(r) for r in results]
     return {
         "alarms": sorted(r["name"] for r in rows if r.get("alarm")),
