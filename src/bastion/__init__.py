@@ -52,6 +52,14 @@ if _typing.TYPE_CHECKING:  # the names, for type checkers and IDEs; imported laz
     from bastion.core.threat import Norm, ThreatModel
     from bastion.data import DatasetSplits, load_dataset, load_npz
     from bastion.evaluate import RobustnessResult, SanityCheck, compare, robustness
+    from bastion.guard import (
+        AuditLog,
+        InputGuard,
+        MonitorSuite,
+        OutputChecker,
+        TensorSchema,
+        sanitize_text,
+    )
     from bastion.zoo import DemoCNN, demo_info, demo_model, demo_model_path
 
     scan = scan_paths
@@ -106,6 +114,12 @@ _LAZY: dict[str, str] = {
     "verify": "bastion.artifacts.verify",
     "verify_manifest": "bastion.artifacts.manifest",
     "scan": "bastion.artifacts.scan.api",
+    "AuditLog": "bastion.guard",
+    "InputGuard": "bastion.guard",
+    "MonitorSuite": "bastion.guard",
+    "OutputChecker": "bastion.guard",
+    "TensorSchema": "bastion.guard",
+    "sanitize_text": "bastion.guard",
 }
 
 
@@ -122,32 +136,37 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
-    "DEFAULT_POLICY",
     "ArtifactError",
+    "AuditLog",
     "AuditReport",
     "BastionError",
     "ConfigurationError",
     "ConversionResult",
+    "DEFAULT_POLICY",
     "DatasetManifest",
     "DatasetSplits",
     "DemoCNN",
     "FileReport",
     "Finding",
+    "InputGuard",
     "InputValidationError",
     "IntegrityError",
     "KeyPair",
     "ManifestCheck",
+    "MonitorSuite",
     "Norm",
+    "OutputChecker",
     "Policy",
     "RobustnessResult",
     "SanityCheck",
     "ScanReport",
     "Severity",
     "SignatureError",
+    "TensorSchema",
     "ThreatModel",
     "UnsafeArtifactError",
-    "VerificationResult",
     "Verdict",
+    "VerificationResult",
     "__version__",
     "check_manifest",
     "compare",
@@ -163,6 +182,7 @@ __all__ = [
     "load_policy",
     "robustness",
     "run_audit",
+    "sanitize_text",
     "scan",
     "scan_bytes",
     "scan_file",

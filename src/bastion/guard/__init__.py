@@ -2,9 +2,33 @@
 
 Each stage is usable alone in a service: tensor schemas (:class:`TensorSchema`) with
 invalid-data policies (:class:`InputGuard`), text sanitisation (:func:`sanitize_text`) and
-output checks (:class:`OutputChecker`).
+output checks (:class:`OutputChecker`); monitors with calibrated alarms (:class:`MonitorSuite`),
+alert rules and sinks (:class:`AlertManager`) and the append-only audit log (:class:`AuditLog`).
 """
 
+from bastion.guard.alerts import (
+    Alert,
+    AlertManager,
+    AlertRule,
+    AlertSink,
+    Condition,
+    LogSink,
+    PrometheusSink,
+    WebhookSink,
+)
+from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome, digest_input
+from bastion.guard.monitors import (
+    Calibration,
+    ClassDrift,
+    ConfidenceDrift,
+    DetectorMonitor,
+    KSDrift,
+    MMDDrift,
+    Monitor,
+    MonitorResult,
+    MonitorSuite,
+    PSIDrift,
+)
 from bastion.guard.outputs import OutputChecker, OutputKind, OutputReport
 from bastion.guard.policy import (
     Action,
@@ -34,15 +58,35 @@ from bastion.guard.text import (
 __all__ = [
     "Action",
     "ActionKind",
+    "Alert",
+    "AlertManager",
+    "AlertRule",
+    "AlertSink",
+    "AuditLog",
+    "AuditRecord",
+    "Calibration",
     "Change",
     "ChangeKind",
+    "ClassDrift",
+    "Condition",
+    "ConfidenceDrift",
+    "DetectorMonitor",
     "FeatureStats",
     "GuardResult",
     "InputGuard",
     "InvalidDataPolicy",
+    "KSDrift",
+    "LogSink",
+    "MMDDrift",
+    "Monitor",
+    "MonitorResult",
+    "MonitorSuite",
+    "Outcome",
     "OutputChecker",
     "OutputKind",
     "OutputReport",
+    "PSIDrift",
+    "PrometheusSink",
     "Rule",
     "TensorSchema",
     "TextAction",
@@ -50,7 +94,9 @@ __all__ = [
     "TextResult",
     "ValidationReport",
     "Violation",
+    "WebhookSink",
     "as_tensor",
+    "digest_input",
     "guard_dataset",
     "sanitize_text",
 ]
