@@ -87,12 +87,22 @@ def test_cli_audit_demo_end_to_end(tmp_path: Path, demo_cache: Path) -> None:
     env = {**os.environ, "BASTION_CACHE_DIR": str(demo_cache)}
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "bastion.cli.main", "audit", "--out", str(out)],
+        [sys.executable, "-m", "bastion.cli.main", "audit", "--out", str(out),
+         "--robustness", "20"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )
     assert run.returncode == 0, run.stderr
     assert (out / "report.json").exists() and (out / "report.html").exists()
-    assert json.loads((out / "report.json").read_text())["status"] == "pass"
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "pass"
+    titles = [section["title"] for section in report["sections"]]
+    assert titles == ["Model file", "Robustness"]
+    robust = report["sections"][1]["result"]
+    assert robust["clean_accuracy"] >= 0.9
+    assert [p["eps"] for p in robust["curve"]] == [0.1, 0.2, 0.3]
+    # an undefended CNN: the curve falls, and at eps 0.3 almost nothing survives
+    assert robust["curve"][-1]["robust_accuracy"] <= 0.1 < robust["clean_accuracy"]
+    assert "Robustness" in (out / "report.html").read_text()
 
 
 def test_cli_audit_exit_codes(tmp_path: Path) -> None:

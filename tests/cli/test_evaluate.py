@@ -25,15 +25,6 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return int(exc.value.code or 0), out.out, out.err
 
 
-@pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bastion.zoo import demo_model
-
-    cache = tmp_path_factory.mktemp("zoo-cache")
-    demo_model(cache_dir=cache)
-    return cache
-
-
 @pytest.fixture
 def factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     """An importable ``evalpkg.nets:mlp`` factory and the trained digits MLP's weights."""

@@ -20,6 +20,13 @@ def audit(
     ),
     sha256: str | None = typer.Option(None, "--sha256", help="Expected SHA-256 of --model."),
     out: Path = typer.Option(Path("audit"), "--out", help="Directory for report.json/.html."),
+    robustness: int = typer.Option(
+        100,
+        "--robustness",
+        min=0,
+        help="With the demo: evaluate robustness on this many MNIST test samples for the "
+        "Robustness section (0 leaves it out).",
+    ),
     allow: list[str] | None = ALLOW_OPTION,
     policy: Path | None = POLICY_OPTION,
 ) -> None:
@@ -37,6 +44,7 @@ def audit(
         sha256=sha256,
         policy=build_policy(allow, policy),
         workdir=out,
+        robustness_samples=robustness if model is None else 0,
     )
     json_path, html_path = write_report(report, out)
     for section in report.sections:
@@ -49,6 +57,15 @@ def audit(
                     f"    {check.name:<10} {check.status.value:<7} {check.detail}",
                     markup=False, highlight=False,
                 )
+        result = getattr(section, "result", None)
+        if result is not None:  # the Robustness section
+            curve = ", ".join(f"eps {p.eps:g}: {p.robust_accuracy:.1%}" for p in result.curve)
+            console.print(f"  clean {result.clean_accuracy:.1%}; robust {curve}", markup=False,
+                          highlight=False)
+            for check in result.sanity:
+                status = "pass" if check.passed else "FAIL"
+                console.print(f"    {check.check:<28} {status:<5} {check.detail}", markup=False,
+                              highlight=False)
     console.print(f"overall: [bold]{report.status.value}[/]; wrote {escape(str(json_path))} and "
                   f"{escape(str(html_path))}",
                   highlight=False)
