@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-autoattack", action="store_true")
     parser.add_argument("--at-epochs", type=int, default=12)
+    parser.add_argument("--aa-samples", type=int, default=0,
+                        help="samples for part (c) (0: the same as --samples)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,10 +265,11 @@ def main() -> None:
     part_a(model, x, y, args.eps, device)
     part_b(model, x, y, args.eps, device)
     if not args.skip_autoattack:
+        n_c = args.aa_samples or args.samples
         part_c(
             model,
-            x,
-            y,
+            x[:n_c],
+            y[:n_c],
             args.eps,
             device,
             data.x_train.to(device),

@@ -51,7 +51,7 @@ if _typing.TYPE_CHECKING:  # the names, for type checkers and IDEs; imported laz
     )
     from bastion.core.threat import Norm, ThreatModel
     from bastion.data import DatasetSplits, load_dataset, load_npz
-    from bastion.evaluate import RobustnessResult, SanityCheck, compare, robustness
+    from bastion.evaluate import RobustnessResult, SanityCheck, compare, robustness  # type: ignore[no-redef]
     from bastion.guard import (
         AuditLog,
         InputGuard,

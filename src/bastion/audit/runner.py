@@ -147,7 +147,7 @@ def robustness_section(samples: int, *, cache_dir: Path | None = None) -> Any:
     sanity checks and a bounded ensemble (APGD-CE 100, APGD-T 3 targets x 50, Square 1,000) so
     the audit stays within about a minute on 2 CPU cores; ``bastion evaluate`` runs the full one."""
     from bastion.attacks import APGD, APGDT, Square
-    from bastion.core.threat import ThreatModel
+    from bastion.core.threat import Norm, ThreatModel
     from bastion.data import load_dataset
     from bastion.evaluate import RobustnessSection, robustness
     from bastion.zoo import demo_model
@@ -155,7 +155,7 @@ def robustness_section(samples: int, *, cache_dir: Path | None = None) -> Any:
     splits = load_dataset("mnist5k")
     result = robustness(
         demo_model(cache_dir=cache_dir), (splits.x_test, splits.y_test),
-        ThreatModel(norm="linf", eps=0.3, bounds=splits.bounds),
+        ThreatModel(norm=Norm.LINF, eps=0.3, bounds=splits.bounds),
         [lambda t: APGD(threat=t, steps=100, label="apgd-ce"),
          lambda t: APGDT(t, targets=3, steps=50), lambda t: Square(threat=t, queries=1000)],
         eps=[0.1, 0.2, 0.3],

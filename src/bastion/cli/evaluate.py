@@ -81,7 +81,7 @@ def evaluate(
     Exit code 0 when the evaluation ran (a flagged result says so in every output), 1 when a
     model file was refused, 2 on a usage error.
     """
-    from bastion.core.threat import ThreatModel
+    from bastion.core.threat import Norm, ThreatModel
     from bastion.data import load_dataset
     from bastion.evaluate import AttackName, robustness
     from bastion.evaluate.models import ModelSource, resolve_model
@@ -89,7 +89,7 @@ def evaluate(
     names = AttackName.parse_list(attacks)  # unknown names: exit 2 with the valid list
     radii = _eps_list(eps)
     splits = load_dataset(Path(data) if data.endswith(".npz") else data)
-    threat = ThreatModel(norm=norm, eps=max(radii), bounds=splits.bounds)
+    threat = ThreatModel(norm=Norm.parse(norm), eps=max(radii), bounds=splits.bounds)
     checked = build_policy(allow, policy)
     target = resolve_model(ModelSource(spec=model, weights=weights, signature=signature,
                                        public_keys=key, sha256=sha256, policy=checked))
@@ -120,7 +120,9 @@ def _print_text(result: object) -> None:
     from bastion.evaluate.results import RobustnessResult
 
     assert isinstance(result, RobustnessResult)
-    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
     say(result.summary())
     say(f"  {'attack':<14} {'robust':>8} {'broke':>6} {'seconds':>8} {'forward':>9} "
         f"{'backward':>9}  mean norm")

@@ -75,7 +75,7 @@ class _AsImage(nn.Module):
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``x`` in batches, in eval mode, without a graph."""
     with frozen_eval(model), torch.no_grad():
-        return torch.cat([model(b).float() for b in x.split(batch_size)])
+        return torch.cat([model(b).float() for b in torch.split(x, batch_size)])
 
 
 def _run_attack(
@@ -161,7 +161,7 @@ def _attack_alive(
     """Run ``record.attack`` on the samples still alive; mark those it breaks, in place."""
     idx = alive.nonzero().squeeze(1)
     start = time.perf_counter()
-    for chunk in idx.split(batch_size):
+    for chunk in torch.split(idx, batch_size):
         xb, yb = x[chunk], y[chunk]
         x_adv, fwd, bwd = _run_attack(record.attack, model, xb, yb)
         x_adv = x_adv.to(x.device)

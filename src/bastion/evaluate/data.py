@@ -75,7 +75,9 @@ def as_tensors(data: Any, *, limit: int | None = None) -> tuple[torch.Tensor, to
 
 def _pair(item: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-        raise InputValidationError(f"{what} must be an (input, label) pair, got {type(item).__name__}")
+        raise InputValidationError(
+            f"{what} must be an (input, label) pair, got {type(item).__name__}"
+        )
     return torch.as_tensor(item[0]), torch.as_tensor(item[1])
 
 

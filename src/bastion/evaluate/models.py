@@ -153,4 +153,5 @@ class _Exported(nn.Module):
         self.eval()
 
     def forward(self, x: Any) -> Any:
-        return self._program(x)
+        program: Any = self._program
+        return program(x)

@@ -148,7 +148,9 @@ class RobustnessResult(Result):
             if f.name != "examples":
                 out[f.name] = to_jsonable(getattr(self, f.name))
         threat = self.threat
-        out["threat"] = {"norm": threat.norm.value, "eps": threat.eps, "bounds": list(threat.bounds)}
+        out["threat"] = {
+            "norm": threat.norm.value, "eps": threat.eps, "bounds": list(threat.bounds)
+        }
         out["gradient_masking_suspected"] = self.gradient_masking_suspected
         if self.baseline is None:
             out.pop("baseline")

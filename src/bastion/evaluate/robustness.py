@@ -8,7 +8,7 @@ the curve over eps, per-class accuracy and the sanity checks against gradient ma
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch

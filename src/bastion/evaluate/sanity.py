@@ -46,7 +46,7 @@ def _pgd_accuracy(
 ) -> float:
     attack = PGD(threat=threat, steps=steps, seed=seed)
     correct = 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
         x_adv = attack(model, xb, yb)
         with frozen_eval(model), torch.no_grad():
             correct += int((model(x_adv).argmax(1) == yb).sum())
