@@ -10,9 +10,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 
-from bastion.data.splits import DatasetSplits, stratified_split
+from bastion.data.splits import DatasetSplits, bundled_splits
 
 __all__ = ["DIGITS_SPLIT_SEED", "DIGITS_TEST_FRACTION", "load_digits"]
 
@@ -47,16 +46,11 @@ def load_digits() -> DatasetSplits:
         (1438, 359, (1, 8, 8))
     """
     x, y = _raw()
-    train, test = stratified_split(y, test_fraction=DIGITS_TEST_FRACTION, seed=DIGITS_SPLIT_SEED)
-    return DatasetSplits(
-        name="digits",
-        x_train=torch.from_numpy(x[train].copy()),
-        y_train=torch.from_numpy(y[train].copy()),
-        x_test=torch.from_numpy(x[test].copy()),
-        y_test=torch.from_numpy(y[test].copy()),
-        num_classes=10,
-        bounds=(0.0, 1.0),
+    return bundled_splits(
+        "digits",
+        x,
+        y,
+        test_fraction=DIGITS_TEST_FRACTION,
+        seed=DIGITS_SPLIT_SEED,
         input_shape=(1, 8, 8),
-        train_indices=torch.from_numpy(train),
-        test_indices=torch.from_numpy(test),
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
 
-from bastion.data.splits import DatasetSplits, stratified_split
+from bastion.data.splits import DatasetSplits, bundled_splits
 
 __all__ = ["MNIST5K_SPLIT_SEED", "MNIST5K_TEST_FRACTION", "load_mnist5k"]
 
@@ -48,16 +47,11 @@ def load_mnist5k() -> DatasetSplits:
         (torch.Size([4000, 1, 28, 28]), torch.Size([1000, 1, 28, 28]), 10)
     """
     x, y = _raw()
-    train, test = stratified_split(y, test_fraction=MNIST5K_TEST_FRACTION, seed=MNIST5K_SPLIT_SEED)
-    return DatasetSplits(
-        name="mnist5k",
-        x_train=torch.from_numpy(x[train].copy()),
-        y_train=torch.from_numpy(y[train].copy()),
-        x_test=torch.from_numpy(x[test].copy()),
-        y_test=torch.from_numpy(y[test].copy()),
-        num_classes=10,
-        bounds=(0.0, 1.0),
+    return bundled_splits(
+        "mnist5k",
+        x,
+        y,
+        test_fraction=MNIST5K_TEST_FRACTION,
+        seed=MNIST5K_SPLIT_SEED,
         input_shape=(1, 28, 28),
-        train_indices=torch.from_numpy(train),
-        test_indices=torch.from_numpy(test),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +78,32 @@ class DatasetSplits:
     def test_size(self) -> int:
         """Number of test samples."""
         return int(self.x_test.shape[0])
+
+
+def bundled_splits(
+    name: str,
+    x: np.ndarray[Any, Any],
+    y: np.ndarray[Any, Any],
+    *,
+    test_fraction: float,
+    seed: int,
+    input_shape: tuple[int, ...],
+) -> DatasetSplits:
+    """Split a bundled dataset (float32 inputs in [0, 1], int64 labels, 10 classes) with
+    :func:`stratified_split`, copying the arrays so callers may modify the tensors."""
+    train, test = stratified_split(y, test_fraction=test_fraction, seed=seed)
+    return DatasetSplits(
+        name=name,
+        x_train=torch.from_numpy(x[train].copy()),
+        y_train=torch.from_numpy(y[train].copy()),
+        x_test=torch.from_numpy(x[test].copy()),
+        y_test=torch.from_numpy(y[test].copy()),
+        num_classes=10,
+        bounds=(0.0, 1.0),
+        input_shape=input_shape,
+        train_indices=torch.from_numpy(train),
+        test_indices=torch.from_numpy(test),
+    )
 
 
 def _hash_key(seed: int, index: int) -> int:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from bastion.artifacts.scan.policy import DEFAULT_POLICY, Policy
 from bastion.core.errors import ConfigurationError, UnsafeArtifactError
+from bastion.zoo.factory import build_from_factory
 
 __all__ = ["ModelSource", "resolve_model"]
 
@@ -64,7 +64,7 @@ def resolve_model(source: ModelSource) -> nn.Module:
             raise ConfigurationError("--weights does not apply to a .pt2 program (it has them)")
         return _load_pt2(Path(spec), source)
     if ":" in spec:
-        model = _from_factory(spec)
+        model = build_from_factory(spec)
         if source.weights is not None:
             _load_weights(model, source)
         elif source.signature is not None or source.sha256 is not None:
@@ -74,25 +74,6 @@ def resolve_model(source: ModelSource) -> nn.Module:
         f"--model {spec!r}: use 'demo', 'package.module:factory' (with --weights FILE) or a "
         "torch.export program ending in .pt2"
     )
-
-
-def _from_factory(spec: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"--model {spec!r}: expected 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"--model {spec!r}: cannot import {module_name}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ConfigurationError(f"--model {spec!r}: {module_name} has no callable {attr!r}")
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(
-            f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
-        )
-    return model
 
 
 def _load_weights(model: nn.Module, source: ModelSource) -> None:

@@ -10,8 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,9 @@ from bastion.core.errors import ConfigurationError, IntegrityError
 from bastion.guard.schema import TensorSchema
 from bastion.serve import _stages
 from bastion.serve.pipeline import Pipeline
+from bastion.zoo.factory import build_from_factory, is_factory_spec
 
 __all__ = ["ModelSpec", "assemble", "load_model", "load_reference", "load_schema"]
-
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
@@ -45,7 +41,7 @@ class ModelSpec:
         """Parse the ``--model`` option; ConfigurationError on anything else."""
         if text == "demo":
             return cls()
-        if not _FACTORY.match(text):
+        if not is_factory_spec(text):
             raise ConfigurationError(
                 f"--model must be 'demo' or 'package.module:factory', got {text!r}"
             )
@@ -57,20 +53,7 @@ class ModelSpec:
             from bastion.zoo import DemoCNN
 
             return DemoCNN()
-        module_name, attr = self.factory.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigurationError(f"--model: cannot import {module_name!r}: {exc}") from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise ConfigurationError(f"--model: {module_name} has no callable {attr!r}")
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ConfigurationError(
-                f"--model: {self.factory}() returned {type(model).__name__}, not a torch nn.Module"
-            )
-        return model
+        return build_from_factory(self.factory)
 
 
 def load_model(
