@@ -13,11 +13,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bastion.artifacts.keys import generate_keypair
-from bastion.artifacts.sign import default_signature_path
-from bastion.artifacts.sign import sign as sign_model
-from bastion.artifacts.verify import verify as verify_model
-
 _out = Console(highlight=False, soft_wrap=True, markup=False)
 
 _SIGNATURE_HELP = "Default: FILE.sig beside a file, DIR/model.sig inside a directory."
@@ -41,6 +36,8 @@ def keygen(
 
     Example: bastion keygen keys/signing.pem   (writes keys/signing.pem and keys/signing.pub.pem)
     """
+    from bastion.artifacts.keys import generate_keypair
+
     pair = generate_keypair(private_key, public_key, overwrite=force)
     _out.print(f"private key: {pair.private_key} (keep secret)")
     _out.print(f"public key:  {pair.public_key} (share with verifiers)")
@@ -65,6 +62,8 @@ def sign(
 
     Example: bastion sign model/ --key keys/signing.pem   (writes model/model.sig)
     """
+    from bastion.artifacts.sign import sign as sign_model  # model_signing loads slowly: lazily
+
     out = sign_model(path, key, signature=signature)
     _out.print(f"signed {path} -> {out}")
 
@@ -95,6 +94,9 @@ def verify(
 
     Example: bastion verify model/ --key trusted-keys/
     """
+    from bastion.artifacts.sign import default_signature_path
+    from bastion.artifacts.verify import verify as verify_model
+
     sig = default_signature_path(path) if signature is None else signature
     result = verify_model(path, signature=sig, public_keys=key)
     if json_output:
