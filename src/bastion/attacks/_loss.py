@@ -15,6 +15,7 @@ import enum
 import torch
 import torch.nn.functional as F
 
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 
 __all__ = ["Loss", "loss_function"]
@@ -27,12 +28,7 @@ class Loss(enum.Enum):
 
     @classmethod
     def parse(cls, value: Loss | str) -> Loss:
-        if isinstance(value, Loss):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ConfigurationError(f"unknown loss {value!r}: use ce, margin or dlr") from None
+        return parse_enum(cls, value, "loss")
 
 
 def _other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

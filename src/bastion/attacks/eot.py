@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from bastion.attacks._base import Attack, AttackContext, LossFn
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.threat import ThreatModel
 
@@ -46,14 +47,7 @@ class AttackHint(enum.Enum):
 
     @classmethod
     def parse(cls, value: AttackHint | str) -> AttackHint:
-        if isinstance(value, AttackHint):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            raise ConfigurationError(
-                f"unknown attack hint {value!r}: expected 'eot' or 'bpda'"
-            ) from None
+        return parse_enum(cls, value, "attack hint")
 
 
 def attack_hints(model: nn.Module) -> frozenset[AttackHint]:

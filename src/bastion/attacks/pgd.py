@@ -21,6 +21,7 @@ import torch
 
 from bastion.attacks._base import Attack, AttackContext
 from bastion.attacks._loss import Loss, loss_function
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.threat import ThreatModel
 
@@ -36,14 +37,7 @@ class Schedule(enum.Enum):
 
     @classmethod
     def parse(cls, value: Schedule | str) -> Schedule:
-        if isinstance(value, Schedule):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ConfigurationError(
-                f"unknown schedule {value!r}: use constant, cosine or step"
-            ) from None
+        return parse_enum(cls, value, "schedule")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError, InputValidationError
 
 __all__ = ["Norm", "ThreatModel"]
@@ -29,13 +30,14 @@ class Norm(enum.Enum):
     @classmethod
     def parse(cls, value: Norm | str) -> Norm:
         """Accept ``Norm`` members and the usual spellings: linf, Linf, inf, l2, 2."""
-        if isinstance(value, Norm):
-            return value
-        text = str(value).strip().lower().replace("_", "").replace("-", "")
-        aliases = {"linf": cls.LINF, "inf": cls.LINF, "li": cls.LINF, "l2": cls.L2, "2": cls.L2}
-        if text not in aliases:
-            raise ConfigurationError(f"unknown norm {value!r}: use 'linf' or 'l2'")
-        return aliases[text]
+        aliases = {"inf": cls.LINF, "li": cls.LINF, "2": cls.L2}
+        return parse_enum(
+            cls,
+            value,
+            "norm",
+            aliases=aliases,
+            normalise=lambda t: t.replace("_", "").replace("-", ""),
+        )
 
 
 def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

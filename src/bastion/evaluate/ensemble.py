@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bastion.attacks import APGD, APGDT, FGSM, MIFGSM, PGD, Attack, Loss, Square
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.threat import ThreatModel
 
@@ -60,14 +61,7 @@ class AttackName(enum.Enum):
 
     @classmethod
     def parse(cls, value: AttackName | str) -> AttackName:
-        if isinstance(value, AttackName):
-            return value
-        text = str(value).strip().lower().replace("_", "-")
-        try:
-            return cls(text)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ConfigurationError(f"unknown attack {value!r}: use one of {valid}") from None
+        return parse_enum(cls, value, "attack")
 
     @classmethod
     def parse_list(cls, text: str) -> list[AttackName]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result, to_jsonable
 
@@ -46,12 +47,7 @@ class OutputKind(str, enum.Enum):
     @classmethod
     def parse(cls, value: str | OutputKind) -> OutputKind:
         """The kind named ``value``: ``"logits"`` or ``"probabilities"``."""
-        if isinstance(value, cls):
-            return value
-        for member in cls:
-            if isinstance(value, str) and member.value == value.strip().lower():
-                return member
-        raise ConfigurationError(f"expect must be 'logits' or 'probabilities', got {value!r}")
+        return parse_enum(cls, value, "output kind (expect)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)

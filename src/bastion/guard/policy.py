@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
 from bastion.guard import _checks
@@ -72,14 +73,7 @@ class InvalidDataPolicy(str, enum.Enum):
             >>> InvalidDataPolicy.parse("Repair")
             <InvalidDataPolicy.REPAIR: 'repair'>
         """
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            for member in cls:
-                if member.value == value.strip().lower():
-                    return member
-        choices = ", ".join(m.value for m in cls)
-        raise ConfigurationError(f"invalid-data policy must be one of {choices}; got {value!r}")
+        return parse_enum(cls, value, "invalid-data policy")
 
 
 class ActionKind(str, enum.Enum):
