@@ -1,0 +1,83 @@
+"""The monitor batch and the catastrophic-overfitting guard.
+
+Wong, Rice & Kolter (2020, https://arxiv.org/abs/2001.03994, Sec. 5) observed that FGSM
+training can *catastrophically overfit*: within one epoch, accuracy under PGD collapses to about
+0 while accuracy under FGSM rises -- the model learns to defeat the single step, not the threat.
+Their guard evaluates PGD on a small batch after each epoch and stops when robust accuracy drops
+by more than 20 points (``robust_acc - prev_robust_acc < -0.2`` in locuslab/fast_adversarial).
+
+bastion's rule: after every epoch, measure accuracy under a 10-step PGD (random start, step
+2.5 eps / 10, full eps) on a fixed batch of ``guard_samples`` samples (from the validation data
+when given, else from the training data); a **collapse** is a robust accuracy more than
+:data:`COLLAPSE_DROP` (20 points absolute) below the best robust accuracy so far. Comparing with
+the best rather than the previous epoch also catches a collapse spread over two epochs. On a
+collapse the guard logs a warning, restores the weights of the best epoch, and then stops,
+switches to PGD-AT for the remaining epochs, or continues, per ``guard_fallback``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from bastion.core.threat import ThreatModel
+from bastion.train.distributed import DistContext
+from bastion.train.methods import monitor_accuracy
+
+__all__ = ["COLLAPSE_DROP", "GUARD_PGD_STEPS", "Monitor", "collapsed"]
+
+COLLAPSE_DROP = 0.20
+GUARD_PGD_STEPS = 10
+_MONITOR_STREAM = 0x6D6F6E  # separates the monitor batch's randomness from training's
+
+
+def collapsed(robust: float, best: float) -> bool:
+    """True when ``robust`` accuracy lies more than 20 points below the ``best`` so far.
+
+    Example:
+        >>> collapsed(0.05, 0.62), collapsed(0.50, 0.62)
+        (True, False)
+    """
+    return best - robust > COLLAPSE_DROP
+
+
+@dataclasses.dataclass
+class Monitor:
+    """A fixed batch measured after every epoch: clean and PGD accuracy (sharded under DDP).
+
+    Attributes:
+        x: the batch (CPU).
+        y: its labels (class indices or probability rows).
+        start: the PGD random start for it (fixed, so epochs are compared on equal terms).
+        threat: the threat model, or None (clean accuracy only).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    start: torch.Tensor | None
+    threat: ThreatModel | None
+
+    @classmethod
+    def build(cls, x: torch.Tensor, y: torch.Tensor, size: int, threat: ThreatModel | None,
+              seed: int) -> Monitor:
+        """``size`` samples of ``(x, y)`` chosen by a generator seeded from ``seed``."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + _MONITOR_STREAM)
+        index = torch.randperm(x.shape[0], generator=generator)[: min(size, x.shape[0])]
+        x, y = x[index], y[index]
+        start = None
+        if threat is not None and threat.eps > 0:
+            start = threat.random_start(x, generator)
+        return cls(x=x, y=y, start=start, threat=threat)
+
+    def measure(self, model: nn.Module, ctx: DistContext) -> tuple[float, float | None]:
+        """(clean accuracy, PGD accuracy or None) of ``model`` on the batch, summed over ranks."""
+        lo, hi = ctx.shard(self.x.shape[0])
+        x = self.x[lo:hi].to(ctx.device)
+        y = self.y[lo:hi].to(ctx.device)
+        start = None if self.start is None else self.start[lo:hi].to(ctx.device)
+        clean, robust = monitor_accuracy(model, x, y, start, self.threat, steps=GUARD_PGD_STEPS)
+        total = float(self.x.shape[0])
+        clean_sum, robust_sum = ctx.sum([float(clean), float(robust or 0)])
+        return clean_sum / total, (None if robust is None else robust_sum / total)
