@@ -9,13 +9,18 @@ A run directory holds, after every epoch::
     metrics.jsonl            one EpochMetrics JSON line per epoch (append-only)
 
 and at the end ``model.safetensors`` and ``train.json``. Every file is written atomically, and
-``state.json`` last, so a crash at any point leaves a state that names only files already
-complete. Loading never unpickles anything.
+an epoch is committed by ``state.json``: the tensor files are first written under pending names
+(``.pending.<name>``), then ``state.json`` records their SHA-256 digests, then the pending files
+are renamed over the previous ones. A crash before ``state.json`` leaves the previous epoch's
+files and state untouched (the pending files are ignored); a crash after it leaves pending files
+that :func:`recover` renames into place, checked against the digests. So ``state.json`` never
+points at weights that are missing or from another epoch. Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -31,15 +36,16 @@ from bastion.core.errors import ConfigurationError
 
 __all__ = [
     "append_metrics",
+    "commit_epoch",
     "load_checkpoint",
     "load_optimizer",
     "read_state",
     "read_tensors",
+    "recover",
     "rewrite_metrics",
-    "save_optimizer",
+    "optimizer_tensors",
     "save_tensors",
     "tensor_bytes",
-    "write_state",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -52,17 +58,15 @@ RESULT_FILE = "train.json"
 STATE_VERSION = 1
 
 
-def tensor_bytes(
-    state: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> bytes:
+def tensor_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     """safetensors bytes of ``state`` (tensors copied to contiguous CPU memory, ties untied)."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return safetensors.torch.save(tensors, metadata={"format": "pt", "writer": "bastion.train"})
 
 
 def save_tensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Write ``state`` as a safetensors file, atomically."""
-    atomic_write_bytes(path, tensor_bytes(state, {"format": "pt", "writer": "bastion.train"}))
+    atomic_write_bytes(path, tensor_bytes(state))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +117,8 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
         'Linear'
     """
     target = Path(path)
+    if (target / STATE_FILE).is_file():
+        read_state(target)  # completes an epoch cut off between state.json and its renames
     if target.is_dir():
         for name in (MODEL_FILE, CHECKPOINT_FILE):
             if (target / name).is_file():
@@ -129,8 +135,10 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
 # -- optimizer ------------------------------------------------------------------------------
 
 
-def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Write the optimizer's tensors to ``path``; return its JSON-able scalars for state.json."""
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer's tensors (``"<param index>.<key>"``) and its JSON-able rest."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -140,8 +148,7 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, An
                 tensors[f"{index}.{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    save_tensors(path, tensors)
-    return {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, info: Mapping[str, Any]) -> None:
@@ -174,10 +181,43 @@ def decode_rng(text: str) -> torch.Tensor:
 # -- state.json and metrics.jsonl -------------------------------------------------------------
 
 
-def write_state(out: Path, state: Mapping[str, Any]) -> None:
-    """Write ``state.json`` (last of an epoch's files: it commits the checkpoint)."""
-    payload = {"version": STATE_VERSION, **state}
+def _pending(out: Path, name: str) -> Path:
+    return out / f".pending.{name}"
+
+
+def commit_epoch(out: Path, files: Mapping[str, bytes], state: Mapping[str, Any]) -> None:
+    """Write one epoch's tensor ``files`` and ``state.json`` so that a crash never mixes epochs.
+
+    Each file goes to a pending name, ``state.json`` (with the files' digests) commits the
+    epoch, and the pending files are then renamed into place.
+    """
+    digests = {}
+    for name, blob in files.items():
+        atomic_write_bytes(_pending(out, name), blob)
+        digests[name] = hashlib.sha256(blob).hexdigest()
+    payload = {"version": STATE_VERSION, **state, "files": digests}
     atomic_write_text(out / STATE_FILE, json.dumps(payload, indent=1, sort_keys=False))
+    for name in files:
+        os.replace(_pending(out, name), out / name)
+
+
+def recover(out: Path, state: Mapping[str, Any]) -> None:
+    """Finish the renames of an epoch committed by ``state`` but cut off before them.
+
+    Raises:
+        ConfigurationError: a file named by ``state`` matches neither its digest nor a pending
+            copy (it was changed or deleted by hand).
+    """
+    for name, digest in state.get("files", {}).items():
+        final, pending = out / name, _pending(out, name)
+        if final.is_file() and hashlib.sha256(final.read_bytes()).hexdigest() == digest:
+            continue
+        if pending.is_file() and hashlib.sha256(pending.read_bytes()).hexdigest() == digest:
+            os.replace(pending, final)
+            continue
+        raise ConfigurationError(
+            f"{final} does not match the digest that {out / STATE_FILE} records: the run "
+            "directory was modified; start a new run instead of resuming")
 
 
 def read_state(out: Path) -> dict[str, Any]:
@@ -194,6 +234,7 @@ def read_state(out: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ConfigurationError(
             f"{path} is not a bastion training state of version {STATE_VERSION}")
+    recover(out, state)
     return state
 
 

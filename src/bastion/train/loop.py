@@ -312,16 +312,17 @@ class _Run:
         if self.out is None or not self.ctx.is_main:
             return
         out = self.out
-        ckpt.save_tensors(out / ckpt.CHECKPOINT_FILE, self.model.state_dict())
-        optimizer = ckpt.save_optimizer(out / ckpt.OPTIMIZER_FILE, self.optimizer)
+        tensors, optimizer = ckpt.optimizer_tensors(self.optimizer)
+        files = {ckpt.CHECKPOINT_FILE: ckpt.tensor_bytes(self.model.state_dict()),
+                 ckpt.OPTIMIZER_FILE: ckpt.tensor_bytes(tensors)}
         if self.best_state is not None:
-            ckpt.save_tensors(out / ckpt.BEST_FILE, self.best_state)
+            files[ckpt.BEST_FILE] = ckpt.tensor_bytes(self.best_state)
         rng = {"data": ckpt.encode_rng(self.data_gen.get_state()),
                "noise": ckpt.encode_rng(self.noise_gen.get_state()),
                "torch": ckpt.encode_rng(torch.get_rng_state())}
         if self.ctx.device.type == "cuda":
             rng["cuda"] = ckpt.encode_rng(torch.cuda.get_rng_state(self.ctx.device))
-        ckpt.write_state(out, {
+        ckpt.commit_epoch(out, files, {
             "epoch": metrics.epoch, "step": self.step, "config": self.config.to_dict(),
             "data": _fingerprint(self.data), "samples": self.n, "method": self.method.value,
             "optimizer": optimizer, "rng": rng, "seconds": self.seconds,
