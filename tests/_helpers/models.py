@@ -58,3 +58,8 @@ def trained_digits_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())
+
+
+def digits_mlp() -> nn.Module:
+    """A fresh MLP for 8x8 digits: the factory ``_helpers.models:digits_mlp`` of CLI tests."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))

@@ -20,6 +20,7 @@ from bastion.cli import manifest as _manifest
 from bastion.cli import scan as _scan
 from bastion.cli import serve as _serve
 from bastion.cli import sign as _sign
+from bastion.cli import train as _train
 from bastion.core.errors import BastionError, ConfigurationError
 
 app = typer.Typer(
@@ -38,6 +39,9 @@ app.command("sign")(_sign.sign)
 app.command("verify")(_sign.verify)
 app.command("convert")(_convert.convert)
 app.command("evaluate")(_evaluate.evaluate)
+app.command("train")(_train.train)
+app.command("distill")(_train.distill)
+app.command("harden")(_train.harden)
 app.command("manifest")(_manifest.manifest)
 app.command("serve")(_serve.serve)
 app.add_typer(_serve.apikey_app, name="apikey")
