@@ -115,3 +115,82 @@ def test_config_object_and_resume_without_out() -> None:
     assert fit(_mlp(), _blobs(), config=config, progress=False).config == config
     with pytest.raises(ConfigurationError, match="out="):
         fit(_mlp(), _blobs(), config=config, resume=True, progress=False)
+
+
+# -- TrainConfig validation: a property test -----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JUNK = st.one_of(
+    st.text(max_size=8), st.booleans(), st.none(), st.lists(st.integers(), max_size=2),
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_INVALID: dict[str, st.SearchStrategy[object]] = {
+    "method": st.text(max_size=8).filter(
+        lambda s: s.strip().lower().replace("_", "-") not in {"none", "pgd", "fgsm-rs", "trades"}),
+    "epochs": st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.text()),
+    "batch_size": st.one_of(st.integers(max_value=0), st.floats(), st.none()),
+    "lr": st.one_of(st.floats(max_value=0.0), st.just(float("nan")), st.just(float("inf")),
+                    st.text(), st.none()),
+    "momentum": st.one_of(st.floats(min_value=1.0001), st.floats(max_value=-1e-9),
+                          st.just(float("nan"))),
+    "mix": st.one_of(st.floats(min_value=1.0001), st.floats(max_value=-1e-9), st.text()),
+    "noise_sigma": st.one_of(st.floats(max_value=-1e-9), st.just(float("inf"))),
+    "temperature": st.one_of(st.floats(max_value=0.0), st.just(float("nan"))),
+    "pgd_step_size": st.one_of(st.floats(max_value=0.0), st.text(min_size=1)),
+    "clip_grad": st.one_of(st.floats(max_value=0.0), st.lists(st.floats(), min_size=1)),
+    "guard": st.one_of(st.integers(), st.text(), st.floats()),
+    "guard_fallback": st.text(max_size=8).filter(
+        lambda s: s.strip().lower() not in {"stop", "pgd", "continue"}),
+    "optimizer": _JUNK.filter(lambda v: not (isinstance(v, str)
+                                             and v.strip().lower() in {"sgd", "adam"})),
+    "seed": st.one_of(st.integers(max_value=-1), st.floats(), st.text()),
+    "threat": st.one_of(st.integers(), st.text(), st.lists(st.floats(), max_size=2),
+                        st.fixed_dictionaries({"eps": st.floats(max_value=-1e-9)}),
+                        st.fixed_dictionaries({"bounds": st.just([1.0, 0.0])}),
+                        st.fixed_dictionaries({"norm": st.just("l7")})),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_INVALID)).flatmap(
+    lambda name: st.tuples(st.just(name), _INVALID[name])))
+def test_invalid_config_values_always_raise_configuration_error(case: tuple[str, object]) -> None:
+    name, value = case
+    base: dict[str, object] = {"method": "pgd", "threat": ThreatModel(eps=0.1)}
+    with pytest.raises(ConfigurationError, match=name.split("_")[0] if name != "method"
+                       else "method"):
+        TrainConfig(**{**base, name: value})  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    method=st.sampled_from(["none", "pgd", "fgsm-rs", "trades"]),
+    eps=st.floats(min_value=1e-3, max_value=1.0),
+    lr=st.floats(min_value=1e-6, max_value=1.0),
+    mix=st.floats(min_value=0.0, max_value=1.0),
+    schedule=st.sampled_from(["constant", "cyclic", "step", "cosine"]),
+    epochs=st.integers(1, 50),
+)
+def test_valid_configs_round_trip_through_json(method: str, eps: float, lr: float, mix: float,
+                                               schedule: str, epochs: int) -> None:
+    config = TrainConfig(method=method, threat=ThreatModel(eps=eps), lr=lr, mix=mix,
+                         schedule=schedule, epochs=epochs)
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    steps = 3
+    rates = [config.lr_at(s, steps) for s in range(epochs * steps)]
+    assert all(0.0 <= r <= lr * (1 + 1e-12) for r in rates)
+
+
+def test_unknown_config_fields_and_guard_without_threat() -> None:
+    with pytest.raises(ConfigurationError, match="unknown field.*colour"):
+        TrainConfig.from_dict({"colour": "red"})
+    with pytest.raises(ConfigurationError, match="threat"):
+        TrainConfig(method="fgsm-rs")
+    with pytest.raises(ConfigurationError, match="guard"):
+        TrainConfig(guard=True)
+    assert TrainConfig(method="fgsm-rs", threat=ThreatModel(eps=0.1)).guard_enabled
+    assert not TrainConfig(method="pgd", threat=ThreatModel(eps=0.1)).guard_enabled

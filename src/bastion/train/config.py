@@ -308,6 +308,4 @@ def _threat_from_dict(data: Mapping[str, Any]) -> ThreatModel:
         return ThreatModel(norm=data.get("norm", "linf"), eps=data.get("eps", 0.3),
                            bounds=tuple(bounds))
     except (TypeError, ValueError) as error:
-        if isinstance(error, ConfigurationError):
-            raise
         raise ConfigurationError(f"threat: {error}") from None
