@@ -194,3 +194,55 @@ def test_unknown_config_fields_and_guard_without_threat() -> None:
         TrainConfig(guard=True)
     assert TrainConfig(method="fgsm-rs", threat=ThreatModel(eps=0.1)).guard_enabled
     assert not TrainConfig(method="pgd", threat=ThreatModel(eps=0.1)).guard_enabled
+
+
+# -- schema, validation data, progress ---------------------------------------------------------
+
+
+def _dirty() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _blobs(96)
+    x[3, 1] = float("nan")
+    x[10, 0] = 7.0
+    return x, y
+
+
+def test_schema_reject_drops_the_invalid_samples_and_counts_them(tmp_path: Path) -> None:
+    from bastion.guard import InputGuard, TensorSchema
+
+    schema = TensorSchema(shape=("batch", 4), min=0.0, max=1.0)
+    result = fit(_mlp(), _dirty(), schema=schema, epochs=1, batch_size=32, progress=False)
+    assert (result.samples, result.rejected_samples, result.repaired_samples) == (94, 2, 0)
+    repaired = fit(_mlp(), _dirty(), schema=InputGuard(schema, policy="repair"), epochs=1,
+                   batch_size=32, progress=False)
+    assert (repaired.samples, repaired.rejected_samples, repaired.repaired_samples) == (96, 0, 2)
+    # without the schema the same data is refused before training
+    with pytest.raises(InputValidationError, match="sample 3"):
+        fit(_mlp(), _dirty(), method="pgd", threat=ThreatModel(eps=0.1), epochs=1,
+            progress=False)
+    wrong = TensorSchema(shape=("batch", 5))
+    with pytest.raises(InputValidationError, match="schema"):
+        fit(_mlp(), _dirty(), schema=wrong, epochs=1, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigurationError, match="schema"):
+        fit(_mlp(), _dirty(), schema="not a schema", epochs=1, progress=False)
+
+
+def test_val_data_feeds_the_per_epoch_accuracy() -> None:
+    x, y = _blobs()
+    flipped = (x[:64], (y[:64] + 1) % 3)  # labels that the training data contradicts
+    result = fit(_mlp(), (x, y), val_data=flipped, epochs=3, batch_size=32, lr=0.02,
+                 progress=False)
+    plain = fit(_mlp(), (x, y), epochs=3, batch_size=32, lr=0.02, progress=False)
+    assert plain.history[-1].clean_accuracy > 0.9
+    assert result.history[-1].clean_accuracy < 0.1
+
+
+def test_progress_bar_runs_when_forced_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.core import progress
+
+    progress.set_progress(True)
+    try:
+        result = fit(_mlp(), _blobs(), epochs=2, batch_size=64)
+    finally:
+        progress.set_progress(None)
+    assert len(result.history) == 2
