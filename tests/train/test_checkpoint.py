@@ -200,3 +200,12 @@ def test_load_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigurationError, match="not a valid safetensors"):
         load_checkpoint(tmp_path / "bad.safetensors", fresh)
+
+
+def test_a_fresh_run_replaces_the_previous_one(tmp_path: Path) -> None:
+    fit(_model(), _data(), epochs=2, out=tmp_path, **CONFIG)
+    assert (tmp_path / "best.safetensors").exists()
+    fit(_model(), _data(), epochs=1, out=tmp_path, **{**CONFIG, "guard": False})
+    assert not (tmp_path / "best.safetensors").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1

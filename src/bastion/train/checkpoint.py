@@ -45,6 +45,7 @@ __all__ = [
     "rewrite_metrics",
     "optimizer_tensors",
     "save_tensors",
+    "start_fresh",
     "tensor_bytes",
 ]
 
@@ -244,6 +245,16 @@ def append_metrics(out: Path, line: Mapping[str, Any]) -> None:
         handle.write(json.dumps(line) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def start_fresh(out: Path) -> None:
+    """Remove the files of a previous run in ``out`` (only the names a run writes), so that a new
+    run never leaves an old ``model.safetensors`` or ``state.json`` beside its own checkpoints."""
+    names = (MODEL_FILE, CHECKPOINT_FILE, OPTIMIZER_FILE, BEST_FILE, STATE_FILE, RESULT_FILE)
+    for name in names:
+        for path in (out / name, _pending(out, name)):
+            path.unlink(missing_ok=True)
+    rewrite_metrics(out, [])
 
 
 def rewrite_metrics(out: Path, lines: list[Mapping[str, Any]]) -> None:

@@ -196,7 +196,7 @@ class _Run:
                 assert self.out is not None
                 self._restore(ckpt.read_state(self.out))
             elif self.out is not None and self.ctx.is_main:
-                ckpt.rewrite_metrics(self.out, [])
+                ckpt.start_fresh(self.out)
             trained = self.ctx.wrap(self.model)
             with self._progress(progress) as advance:
                 for epoch in range(len(self.history), self.config.epochs):
