@@ -86,6 +86,9 @@ class APGD(Attack):
             ratio; needs 3 classes, or 4 when targeted); ``margin`` works too.
         targeted_classes: 0 for plain APGD; k > 0 for APGD-T over the top-k wrong classes
             (capped at classes - 1).
+        skip_targets: APGD-T starts at the (skip_targets + 1)-th most likely wrong class, so
+            a second APGD-T can take the targets a first one did not (the default ensemble
+            splits AutoAttack's 9 targets into 3 for every survivor and 6 on a probe).
         rho: the fraction of loss-increasing steps below which the step is halved.
         alpha: the momentum weight of the new point (1 = no momentum).
         random_start: start each run at a uniform random point of the ball.
@@ -108,6 +111,7 @@ class APGD(Attack):
     restarts: int = 1
     loss: Loss | str = Loss.CE
     targeted_classes: int = 0
+    skip_targets: int = 0
     rho: float = 0.75
     alpha: float = 0.75
     random_start: bool = True
@@ -125,6 +129,14 @@ class APGD(Attack):
         k = self.targeted_classes
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ConfigurationError(f"targeted_classes must be an integer >= 0, got {k!r}")
+        skip = self.skip_targets
+        if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
+            raise ConfigurationError(f"skip_targets must be an integer >= 0, got {skip!r}")
+        if skip and not k:
+            raise ConfigurationError(
+                "skip_targets applies to APGD-T (targeted_classes > 0): it skips the most "
+                "likely targets, e.g. those an earlier APGD-T already tried"
+            )
         if k and self.targeted:
             raise ConfigurationError(
                 "targeted_classes > 0 (APGD-T) takes the TRUE labels and picks its own targets; "
@@ -149,7 +161,8 @@ class APGD(Attack):
         # APGD-T: targets ranked on the clean logits with the true class masked out
         loss_fn = loss_function(loss, True, ctx.num_classes)
         ranked = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-        for rank in range(min(self.targeted_classes, ctx.num_classes - 1)):
+        last = min(self.skip_targets + self.targeted_classes, ctx.num_classes - 1)
+        for rank in range(self.skip_targets, last):
             for _ in range(self.restarts):
                 self._attack_unbroken(ctx, x, y, ranked[:, rank], loss_fn, found, result)
         return result
