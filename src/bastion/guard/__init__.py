@@ -3,9 +3,11 @@
 Each stage is usable alone in a service: tensor schemas (:class:`TensorSchema`) with
 invalid-data policies (:class:`InputGuard`), text sanitisation (:func:`sanitize_text`) and
 output checks (:class:`OutputChecker`); monitors with calibrated alarms (:class:`MonitorSuite`),
-alert rules and sinks (:class:`AlertManager`) and the append-only audit log (:class:`AuditLog`).
+alert rules and sinks (:class:`AlertManager`, read from a file by :class:`AlertConfig`) and the
+append-only audit log (:class:`AuditLog`).
 """
 
+from bastion.guard._alert_config import AlertConfig, WebhookConfig
 from bastion.guard.alerts import (
     Alert,
     AlertManager,
@@ -14,7 +16,9 @@ from bastion.guard.alerts import (
     Condition,
     LogSink,
     PrometheusSink,
+    Severity,
     WebhookSink,
+    default_rules,
 )
 from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome, digest_input
 from bastion.guard.monitors import (
@@ -59,6 +63,7 @@ __all__ = [
     "Action",
     "ActionKind",
     "Alert",
+    "AlertConfig",
     "AlertManager",
     "AlertRule",
     "AlertSink",
@@ -88,14 +93,17 @@ __all__ = [
     "PSIDrift",
     "PrometheusSink",
     "Rule",
+    "Severity",
     "TensorSchema",
     "TextAction",
     "TextPolicy",
     "TextResult",
     "ValidationReport",
     "Violation",
+    "WebhookConfig",
     "WebhookSink",
     "as_tensor",
+    "default_rules",
     "digest_input",
     "guard_dataset",
     "sanitize_text",

@@ -35,6 +35,9 @@ class AlertSink:
     def observe(self, results: Sequence[MonitorResult]) -> None:
         """See every monitor result (metrics sinks use it); no-op by default."""
 
+    def resolve(self, alert: Alert) -> None:
+        """An active alert's condition stopped holding; no-op by default."""
+
     def close(self) -> None:
         """Release resources and flush pending alerts."""
 
@@ -80,15 +83,7 @@ class WebhookSink(AlertSink):
         headers: Mapping[str, str] | None = None,
         max_queue: int = 1000,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"webhook url must be http(s)://host/..., got {_redacted(url)!r}"
-            )
-        if timeout <= 0 or retries < 0 or backoff < 0 or max_queue < 1:
-            raise ConfigurationError(
-                "timeout must be > 0, retries and backoff >= 0, max_queue >= 1"
-            )
+        self.check(url, timeout=timeout, retries=retries, backoff=backoff, max_queue=max_queue)
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.sent = self.failed = self.dropped = 0
@@ -99,6 +94,24 @@ class WebhookSink(AlertSink):
 
     def __repr__(self) -> str:
         return f"WebhookSink({_redacted(self.url)!r})"
+
+    @staticmethod
+    def check(url: str, *, timeout: float, retries: int, backoff: float, max_queue: int) -> None:
+        """Raise ConfigurationError unless the settings are valid (no thread is started)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"webhook url must be http(s)://host/..., got {_redacted(url)!r}"
+            )
+        if timeout <= 0 or retries < 0 or backoff < 0 or max_queue < 1:
+            raise ConfigurationError(
+                "timeout must be > 0, retries and backoff >= 0, max_queue >= 1"
+            )
+
+    @staticmethod
+    def redact(url: str) -> str:
+        """``url`` without credentials, query or fragment (what logs may show)."""
+        return _redacted(url)
 
     def emit(self, alert: Alert) -> None:
         try:
@@ -156,7 +169,8 @@ class PrometheusSink(AlertSink):
     Metrics (label ``monitor``; alerts also ``rule`` and ``severity``):
     ``bastion_monitor_statistic``, ``bastion_monitor_threshold``, ``bastion_monitor_p_value``
     (NaN when the test has none), ``bastion_monitor_alarm`` (0/1),
-    ``bastion_monitor_samples_seen`` and ``bastion_alerts_total``.
+    ``bastion_monitor_samples_seen``, ``bastion_alerts_total`` (alerts fired) and
+    ``bastion_alerts_active`` (1 while an alert is active, 0 once resolved).
 
     Args:
         registry: a ``prometheus_client.CollectorRegistry``; never the global one, so several
@@ -192,6 +206,12 @@ class PrometheusSink(AlertSink):
             ["rule", "monitor", "severity"],
             registry=registry,
         )
+        self._active = Gauge(
+            "bastion_alerts_active",
+            "1 while an alert is active (its condition still holds), 0 once it resolved.",
+            ["rule", "monitor", "severity"],
+            registry=registry,
+        )
 
     def observe(self, results: Sequence[MonitorResult]) -> None:
         for r in results:
@@ -203,3 +223,7 @@ class PrometheusSink(AlertSink):
 
     def emit(self, alert: Alert) -> None:
         self._alerts.labels(alert.rule, alert.monitor, alert.severity.value).inc()
+        self._active.labels(alert.rule, alert.monitor, alert.severity.value).set(1.0)
+
+    def resolve(self, alert: Alert) -> None:
+        self._active.labels(alert.rule, alert.monitor, alert.severity.value).set(0.0)

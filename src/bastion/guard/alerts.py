@@ -6,8 +6,13 @@ it fires, it stays quiet for ``cooldown_s`` seconds. :class:`AlertManager` appli
 batch of results and hands alerts (and, to sinks that want them, every result) to its sinks. A
 failing sink is logged and never breaks the caller's request.
 
+An alert is *active* from the window that fires it until a tested window of the same monitor no
+longer meets the rule's condition; sinks are told when it resolves (:meth:`AlertSink.resolve`).
+
 Sinks: :class:`LogSink` (logger ``bastion.alerts``), :class:`WebhookSink` (JSON POST from a
 background thread) and :class:`PrometheusSink` (gauges and counters in a caller's registry).
+Rules and sinks can be read from a TOML or JSON file
+(:class:`bastion.guard.AlertConfig`); without one, a server uses :func:`default_rules`.
 
 Example:
     >>> from bastion.guard.alerts import AlertManager, AlertRule, Condition
@@ -30,7 +35,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result
 from bastion.guard._alert_sinks import AlertSink, PrometheusSink, WebhookSink
@@ -46,6 +53,7 @@ __all__ = [
     "PrometheusSink",
     "Severity",
     "WebhookSink",
+    "default_rules",
 ]
 
 _log = logging.getLogger("bastion.alerts")
@@ -56,6 +64,11 @@ class Condition(enum.Enum):
 
     ALARM = "alarm"  # the monitor's calibrated alarm
     STATISTIC_ABOVE = "statistic_above"  # statistic > AlertRule.value
+
+    @classmethod
+    def parse(cls, value: str | Condition) -> Condition:
+        """The condition named ``value``: ``"alarm"`` or ``"statistic_above"``."""
+        return parse_enum(cls, value, "alert condition")
 
 
 class Severity(enum.Enum):
@@ -68,6 +81,11 @@ class Severity(enum.Enum):
     @property
     def log_level(self) -> int:
         return {"info": logging.INFO, "warning": logging.WARNING}.get(self.value, logging.CRITICAL)
+
+    @classmethod
+    def parse(cls, value: str | Severity) -> Severity:
+        """The severity named ``value``: ``"info"``, ``"warning"`` or ``"critical"``."""
+        return parse_enum(cls, value, "alert severity")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -143,6 +161,11 @@ class LogSink(AlertSink):
             alert.severity.log_level, "%s", alert.message, extra={"alert": alert.to_dict()}
         )
 
+    def resolve(self, alert: Alert) -> None:
+        self.logger.info(
+            "resolved: %s (monitor %s)", alert.rule, alert.monitor, extra={"alert": alert.to_dict()}
+        )
+
 
 class AlertManager:
     """Apply rules to monitor results and dispatch alerts to sinks; thread-safe.
@@ -168,12 +191,20 @@ class AlertManager:
         self._clock = clock
         self._streak: dict[tuple[str, str], int] = {}
         self._last_fired: dict[tuple[str, str], float] = {}
+        self._active: dict[tuple[str, str], Alert] = {}
+        self.fired_total = 0
         self._lock = threading.Lock()
 
     def process(self, results: Iterable[MonitorResult]) -> list[Alert]:
-        """Update rule state with ``results``; return (and dispatch) the alerts fired."""
+        """Update rule state with ``results``; return (and dispatch) the alerts fired.
+
+        Sinks see every result (:meth:`AlertSink.observe`), each fired alert
+        (:meth:`AlertSink.emit`) and each active alert whose condition stopped holding
+        (:meth:`AlertSink.resolve`).
+        """
         results = list(results)
         fired: list[Alert] = []
+        resolved: list[Alert] = []
         with self._lock:
             now = self._clock()
             for rule in self.rules:
@@ -183,16 +214,39 @@ class AlertManager:
                     key = (rule.name, res.name)
                     streak = self._streak.get(key, 0) + 1 if rule.hit(res) else 0
                     self._streak[key] = streak
+                    if streak == 0 and key in self._active:
+                        resolved.append(self._active.pop(key))
                     last = self._last_fired.get(key)
                     cooling = last is not None and now - last < rule.cooldown_s
                     if streak >= rule.consecutive and not cooling:
                         self._last_fired[key] = now
-                        fired.append(_make_alert(rule, res, streak))
+                        alert = _make_alert(rule, res, streak)
+                        self._active[key] = alert
+                        fired.append(alert)
+            self.fired_total += len(fired)
         for sink in self.sinks:
             self._safely(sink.observe, results)
+            for alert in resolved:
+                self._safely(sink.resolve, alert)
             for alert in fired:
                 self._safely(sink.emit, alert)
         return fired
+
+    def active(self) -> tuple[Alert, ...]:
+        """The alerts whose condition still held on their monitor's last tested window."""
+        with self._lock:
+            return tuple(self._active.values())
+
+    def state(self) -> dict[str, Any]:
+        """JSON state for ``GET /v1/monitor``: the rules, the active alerts and a fired count."""
+        with self._lock:
+            active = [a.to_dict() for a in self._active.values()]
+            total = self.fired_total
+        return {
+            "rules": [r.name for r in self.rules],
+            "active": active,
+            "fired_total": total,
+        }
 
     def close(self) -> None:
         """Close every sink (flushes background senders)."""
@@ -205,6 +259,29 @@ class AlertManager:
             fn(*args)
         except Exception:  # a sink must never break the request path
             _log.exception("alert sink %s failed", getattr(fn, "__self__", fn))
+
+
+def default_rules() -> tuple[AlertRule, ...]:
+    """The rules a server uses without an alerts file: any monitor's calibrated alarm alerts.
+
+    One rule, ``monitor_alarm``: every monitor, on its own alarm, on the first tested window
+    that alarms (``consecutive=1``), at most once per monitor every 5 minutes (``cooldown_s``),
+    severity warning. Each monitor's alarm is calibrated to its false-alarm rate per tested
+    window, so a clean stream still raises one now and then; the cooldown bounds how often.
+
+    Example:
+        >>> [(r.name, r.condition.value, r.consecutive) for r in default_rules()]
+        [('monitor_alarm', 'alarm', 1)]
+    """
+    return (
+        AlertRule(
+            name="monitor_alarm",
+            condition=Condition.ALARM,
+            consecutive=1,
+            cooldown_s=300.0,
+            severity=Severity.WARNING,
+        ),
+    )
 
 
 def _make_alert(rule: AlertRule, res: MonitorResult, streak: int) -> Alert:

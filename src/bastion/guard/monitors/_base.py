@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -235,20 +236,9 @@ class Monitor(abc.ABC):
         gen = torch.Generator().manual_seed(cal.seed + 1)
         held_out = feats[held_idx.to(feats.device)]
         self._fit_reference(feats[stats_idx.to(feats.device)])
-        null = torch.tensor(
-            [
-                self._test(
-                    held_out[
-                        torch.randperm(held_out.shape[0], generator=gen)[: cal.window].to(
-                            feats.device
-                        )
-                    ]
-                ).statistic
-                for _ in range(cal.n_windows)
-            ],
-            dtype=torch.float64,
-        )
-        null = torch.nan_to_num(null, nan=-math.inf)
+        draws = [torch.randperm(held_out.shape[0], generator=gen)[: cal.window]
+                 for _ in range(cal.n_windows)]
+        null = torch.nan_to_num(self._window_statistics(held_out, draws), nan=-math.inf)
         self._alarm_threshold = float(
             torch.quantile(null, 1.0 - cal.false_alarm_rate, interpolation="higher")
         )
@@ -263,6 +253,26 @@ class Monitor(abc.ABC):
         self._require_fit()
         feats = self._checked_features(_as_batch(x, "x"), "x")
         return torch.tensor(self._test(feats).statistic, dtype=torch.float64)
+
+    def score_windows(self, x: Tensor, windows: Sequence[Tensor]) -> Tensor:
+        """The test statistic of each window of ``x`` (index tensors into its samples).
+
+        Features are computed once for the whole of ``x``, so scoring many windows of one pool
+        (an audit's false-alarm measurement) costs one feature pass plus one test per window.
+        A window alarms where its statistic exceeds :attr:`threshold`.
+
+        Returns:
+            ``(len(windows),)`` float64 statistics.
+        """
+        self._require_fit()
+        feats = self._checked_features(_as_batch(x, "x"), "x")
+        return self._window_statistics(feats, windows)
+
+    def _window_statistics(self, feats: Tensor, windows: Sequence[Tensor]) -> Tensor:
+        return torch.tensor(
+            [self._test(feats[idx.to(feats.device)]).statistic for idx in windows],
+            dtype=torch.float64,
+        )
 
     def update(self, batch: Tensor) -> MonitorResult:
         """Push a batch into the window and test the window; thread-safe."""
