@@ -1,5 +1,8 @@
 """SQLite backend of the audit log: WAL, append-only triggers, group commit on one connection.
 
+Schema migration: a log created before the ``api_key`` column existed gets it added (``ALTER
+TABLE ... ADD COLUMN``, which rewrites nothing and fires no trigger); its old rows read as NULL.
+
 ``synchronous=FULL`` (the default) in WAL mode fsyncs the WAL on every commit, so a record whose
 append returned survives a process kill and a power loss; ``NORMAL`` skips that fsync and only
 survives a process kill (the OS still holds the write), which is why it is never the default.
@@ -33,9 +36,11 @@ CREATE TABLE IF NOT EXISTS audit (
     request_id TEXT NOT NULL UNIQUE,
     time TEXT NOT NULL,
     outcome TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    api_key TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE INDEX IF NOT EXISTS audit_api_key ON audit (api_key);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -47,9 +52,16 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
 class _Pending:
     """One queued row and what became of it."""
 
-    row: tuple[str, str, str, str]
+    row: tuple[str, str, str, str | None, str]
     done: bool = False
     error: BaseException | None = None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns that logs created by earlier versions lack."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+    if columns and "api_key" not in columns:
+        conn.execute("ALTER TABLE audit ADD COLUMN api_key TEXT")
 
 
 class SQLiteBackend:
@@ -75,13 +87,16 @@ class SQLiteBackend:
             if str(mode).lower() != "wal":
                 raise ConfigurationError(f"{path}: SQLite refused WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={level}")
+            _migrate(conn)
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
             raise ConfigurationError(f"cannot open audit log {path}: {err}") from err
         self._conn = conn
 
-    def append(self, request_id: str, time: str, outcome: str, record: str) -> None:
-        pending = _Pending((request_id, time, outcome, record))
+    def append(
+        self, request_id: str, time: str, outcome: str, api_key: str | None, record: str
+    ) -> None:
+        pending = _Pending((request_id, time, outcome, api_key, record))
         with self._queued_lock:
             self._queued.append(pending)
         with self._lock:
@@ -99,8 +114,8 @@ class SQLiteBackend:
             for pending in group:
                 try:
                     self._conn.execute(
-                        "INSERT INTO audit (request_id, time, outcome, record) "
-                        "VALUES (?, ?, ?, ?)",
+                        "INSERT INTO audit (request_id, time, outcome, api_key, record) "
+                        "VALUES (?, ?, ?, ?, ?)",
                         pending.row,
                     )
                 except sqlite3.IntegrityError:
@@ -120,11 +135,18 @@ class SQLiteBackend:
             for pending in group:
                 pending.done = True
 
-    def records(self, since: str | None, limit: int | None) -> Iterator[str]:
-        sql, args = "SELECT record FROM audit", []
+    def records(
+        self, since: str | None, limit: int | None, api_key: str | None = None
+    ) -> Iterator[str]:
+        sql, where, args = "SELECT record FROM audit", [], []
         if since is not None:
-            sql += " WHERE time >= ?"
+            where.append("time >= ?")
             args.append(since)
+        if api_key is not None:
+            where.append("api_key = ?")
+            args.append(api_key)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

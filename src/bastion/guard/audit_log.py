@@ -1,11 +1,13 @@
-"""Append-only audit log of every request: id, time, input digest, decisions and results.
+"""Append-only audit log of every request: id, time, caller, input digest, decisions and results.
 
 The raw input is never stored: only its SHA-256 over a canonical encoding (:func:`digest_input`).
+The caller is the *name* of the API key that made the request (never the key or its hash).
 SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=FULL`` so an
 ``append`` that returned has been committed and fsynced, triggers that abort any UPDATE or DELETE,
 one connection shared by server threads, whose concurrent appends are group-committed (one
 transaction and one fsync for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
-shares one log between replicas (needs ``psycopg``).
+shares one log between replicas (needs ``psycopg``). Logs written before the ``api_key`` column
+existed are migrated when opened (the column is added; old rows have no caller).
 
 Example:
     >>> import tempfile, pathlib, torch
@@ -82,6 +84,8 @@ class AuditRecord(Result):
         request_id: unique id of the request.
         time: UTC ISO-8601 time with milliseconds.
         input_digest: :func:`digest_input` of the request's input.
+        api_key: the name of the API key that made the request (None when unknown); never the
+            key itself nor its digest.
         outcome: answered or refused.
         reason: why a request was refused (None when answered).
         validation: the validation result (JSON values), if any.
@@ -93,6 +97,7 @@ class AuditRecord(Result):
     request_id: str
     time: str
     input_digest: str
+    api_key: str | None = None
     outcome: Outcome = Outcome.ANSWERED
     reason: str | None = None
     validation: Any = None
@@ -106,6 +111,7 @@ class AuditRecord(Result):
         *,
         inputs: torch.Tensor | np.ndarray | bytes | str,
         request_id: str | None = None,
+        api_key: str | None = None,
         outcome: Outcome = Outcome.ANSWERED,
         reason: str | None = None,
         validation: Any = None,
@@ -118,6 +124,7 @@ class AuditRecord(Result):
             request_id=request_id or uuid.uuid4().hex,
             time=_now(),
             input_digest=digest_input(inputs),
+            api_key=api_key,
             outcome=outcome,
             reason=reason,
             validation=to_jsonable(validation),
@@ -196,31 +203,52 @@ class AuditLog:
             record.request_id,
             record.time,
             record.outcome.value,
+            record.api_key,
             json.dumps(record.to_dict(), sort_keys=True, allow_nan=False),
         )
 
     def rows(
-        self, *, since: dt.datetime | str | None = None, limit: int | None = None
+        self,
+        *,
+        since: dt.datetime | str | None = None,
+        limit: int | None = None,
+        api_key: str | None = None,
     ) -> list[AuditRecord]:
-        """Records in append order, optionally from time ``since`` on and at most ``limit``."""
+        """Records in append order: from time ``since`` on, at most ``limit``, of one key name."""
         if limit is not None and limit < 0:
             raise ConfigurationError(f"limit must be >= 0, got {limit}")
-        return [AuditRecord.from_dict(json.loads(t)) for t in self._iter(since, limit)]
+        return [AuditRecord.from_dict(json.loads(t)) for t in self._iter(since, limit, api_key)]
 
     def __len__(self) -> int:
         return int(self._backend.count())
 
-    def export_jsonl(self, path: str | Path, *, since: dt.datetime | str | None = None) -> int:
-        """Write records as JSON lines to ``path`` atomically; returns how many were written."""
+    def export_jsonl(
+        self,
+        path: str | Path,
+        *,
+        since: dt.datetime | str | None = None,
+        api_key: str | None = None,
+    ) -> int:
+        """Write records as JSON lines to ``path`` atomically; returns how many were written.
+
+        Each line is the record as stored, with ``api_key`` (``null`` for rows written before
+        the column existed; only those lines are re-encoded).
+        """
         n = 0
         with atomic_open(path, 0o600) as handle:
-            for text in self._iter(since, None):
+            for text in self._iter(since, None, api_key):
+                data = json.loads(text)
+                if "api_key" not in data:
+                    data["api_key"] = None
+                    text = json.dumps(data, sort_keys=True, allow_nan=False)
                 handle.write(text.encode("utf-8") + b"\n")
                 n += 1
         return n
 
-    def _iter(self, since: dt.datetime | str | None, limit: int | None) -> Iterator[str]:
-        return iter(self._backend.records(_since_text(since), limit))
+    def _iter(
+        self, since: dt.datetime | str | None, limit: int | None, api_key: str | None
+    ) -> Iterator[str]:
+        return iter(self._backend.records(_since_text(since), limit, api_key))
 
     def close(self) -> None:
         """Close the underlying connection(s)."""
