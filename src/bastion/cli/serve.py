@@ -101,8 +101,14 @@ def serve(
     public_docs: Annotated[
         bool, typer.Option("--public-docs", help="Serve /docs and /openapi.json without a key.")
     ] = False,
+    alerts: Annotated[
+        Path | None,
+        typer.Option("--alerts", metavar="FILE", help="Alert rules and sinks (.toml/.json); "
+                     "default: alert when any monitor alarms (log and /metrics)."),
+    ] = None,
 ) -> None:
-    """Serve a model behind the runtime guard (API keys, limits, schema, monitors, audit log).
+    """Serve a model behind the runtime guard (API keys, limits, schema, monitors, alerts,
+    audit log).
 
     Example: bastion apikey create --name me && bastion serve --model demo
     """
@@ -110,9 +116,12 @@ def serve(
         import uvicorn
 
         from bastion.serve import ServeConfig, assemble, create_app
+        from bastion.serve._stages import default_monitor_suite
         from bastion.serve.auth import KeyStore
+        from bastion.serve.metrics import ServerMetrics
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise _install_hint() from exc
+    from bastion.guard import AlertConfig
 
     config = ServeConfig(host=host, port=port, max_body_bytes=max_body, max_batch=max_batch,
                          rate_per_second=rate, burst=burst, timeout_seconds=timeout)
@@ -121,10 +130,17 @@ def serve(
         raise ConfigurationError(
             f"key file {keys} holds no key; run `bastion apikey create --keys {keys} --name NAME`"
         )
+    alert_config = AlertConfig() if alerts is None else AlertConfig.load(alerts)
+    alert_config.check_monitors(m.name for m in default_monitor_suite().monitors)
+    metrics = ServerMetrics()
+    manager = alert_config.build(metrics.registry)  # alerts on the registry /metrics serves
     pipeline = assemble(
         model=model, weights=weights, schema=schema, reference=reference, policy=policy,
         signature=signature, public_keys=key, sha256=sha256, audit_log=audit_log,
+        alerts=manager,
     )
-    app = create_app(pipeline, store, config, public_docs=public_docs)
-    _err.print(f"serving {pipeline.name} on http://{host}:{port} ({len(store.keys)} key(s))")
+    app = create_app(pipeline, store, config, metrics=metrics, public_docs=public_docs)
+    rules = ", ".join(r.name for r in alert_config.rules)
+    _err.print(f"serving {pipeline.name} on http://{host}:{port} ({len(store.keys)} key(s); "
+               f"alert rules: {rules})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -25,7 +25,7 @@ from bastion.core.results import to_jsonable
 __all__ = ["MonitorWorker", "summarize"]
 
 _log = logging.getLogger("bastion.serve")
-Listener = Callable[[Sequence[Any]], None]
+Listener = Callable[[Sequence[Any]], object]
 
 
 def summarize(results: Sequence[Any]) -> dict[str, Any]:

@@ -16,24 +16,29 @@ from bastion.guard.monitors import (
     PSIDrift,
 )
 
-__all__ = ["default_monitors", "open_audit_log"]
+__all__ = ["default_monitor_suite", "default_monitors", "open_audit_log"]
+
+
+def default_monitor_suite(calibration: Calibration | None = None) -> MonitorSuite:
+    """The default monitors, not fitted: input drift (MMD on a projection, PSI), class and
+    confidence drift.
+
+    Per-feature KS is left out by default: on a 784-pixel input its calibration takes tens of
+    seconds and each update several milliseconds; add a ``KSDrift`` for low-dimensional inputs.
+    """
+    return MonitorSuite([
+        MMDDrift(calibration=calibration),
+        PSIDrift(calibration=calibration),
+        ClassDrift(calibration=calibration),
+        ConfidenceDrift(calibration=calibration),
+    ])
 
 
 def default_monitors(
     reference: Tensor, reference_logits: Tensor, calibration: Calibration | None = None
 ) -> MonitorSuite:
-    """Input drift (MMD on a projection, PSI), class and confidence drift, fitted on the reference.
-
-    Per-feature KS is left out by default: on a 784-pixel input its calibration takes tens of
-    seconds and each update several milliseconds; add a ``KSDrift`` for low-dimensional inputs.
-    """
-    monitors = [
-        MMDDrift(calibration=calibration),
-        PSIDrift(calibration=calibration),
-        ClassDrift(calibration=calibration),
-        ConfidenceDrift(calibration=calibration),
-    ]
-    return MonitorSuite(monitors).fit(reference, reference_logits)
+    """:func:`default_monitor_suite` fitted (and calibrated) on the reference and its logits."""
+    return default_monitor_suite(calibration).fit(reference, reference_logits)
 
 
 def open_audit_log(target: str | Path) -> AuditLog:

@@ -114,6 +114,7 @@ def create_app(
         pools.start()
         yield
         pools.stop()
+        pipeline.close()
 
     app = FastAPI(
         title="bastion serve",
@@ -154,7 +155,8 @@ def create_app(
 
     @app.get("/v1/monitor", tags=["guard"], responses=_errors(401, 429))
     async def monitor(_: str = Depends(authenticate)) -> dict[str, Any]:
-        """The monitors' current state: statistics, thresholds and whether each is firing."""
+        """The monitors' current state: statistics, thresholds, whether each is firing, and the
+        alert rules with the active alerts."""
         state: dict[str, Any] = await _on(pools.commit, pipeline.monitor_state)
         return state
 
@@ -170,7 +172,7 @@ def create_app(
             }
         },
     )
-    async def predict(request: Request, _: str = Depends(authenticate)) -> dict[str, Any]:
+    async def predict(request: Request, key_name: str = Depends(authenticate)) -> dict[str, Any]:
         """Classify one batch through the guard; the audit row is written before the answer."""
         rid = request.state.request_id
         body = await read_body(request.stream(), config.max_body_bytes)
@@ -184,13 +186,15 @@ def create_app(
         except Refusal as refusal:
             record = functools.partial(
                 pipeline.record_refusal,
-                request_id=rid, body=body, refusal=refusal,
+                request_id=rid, body=body, refusal=refusal, api_key=key_name,
             )
             await _on(pools.commit, record)
             raise
         checks = await _on(
             pools.commit,
-            lambda: pipeline.commit(request_id=rid, body=body, inference=inference),
+            lambda: pipeline.commit(
+                request_id=rid, body=body, inference=inference, api_key=key_name
+            ),
         )
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)

@@ -1,5 +1,8 @@
 """Assemble what ``bastion serve`` serves: the model (only through :func:`bastion.load`), the
-schema, the reference data and the guard around them.
+schema, the reference data and the guard around them (:func:`guard_stages`, which the audit's
+"Runtime guard" section uses too, so it describes exactly what the server runs).
+
+Importable without the ``serve`` extra (no FastAPI here).
 
 Example:
     >>> spec = ModelSpec.parse("demo")
@@ -19,12 +22,24 @@ from torch import Tensor, nn
 
 from bastion.artifacts.scan.policy import Policy
 from bastion.core.errors import ConfigurationError, IntegrityError
+from bastion.guard.alerts import AlertManager
+from bastion.guard.monitors import Calibration, MonitorSuite
+from bastion.guard.outputs import OutputChecker
+from bastion.guard.policy import InputGuard, InvalidDataPolicy
 from bastion.guard.schema import TensorSchema
 from bastion.serve import _stages
 from bastion.serve.pipeline import Pipeline
 from bastion.zoo.factory import build_from_factory, is_factory_spec
 
-__all__ = ["ModelSpec", "assemble", "load_model", "load_reference", "load_schema"]
+__all__ = [
+    "GuardStages",
+    "ModelSpec",
+    "assemble",
+    "guard_stages",
+    "load_model",
+    "load_reference",
+    "load_schema",
+]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
@@ -128,38 +143,45 @@ def load_schema(path: Path | None, reference: Tensor, *, bounds: Any = None) -> 
     return TensorSchema.infer(reference, bounds=bounds)
 
 
-def assemble(
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class GuardStages:
+    """What ``bastion serve`` puts around a model: the stages of its :class:`Pipeline`.
+
+    Attributes:
+        schema: the input schema (from a file, or inferred).
+        guard: the schema with the invalid-data policy.
+        output_checker: the checks on the model's logits.
+        monitors: the default monitors, fitted and calibrated on ``reference``.
+        reference: the reference inputs the monitors were fitted on.
+        reference_logits: the model's outputs on them.
+    """
+
+    schema: TensorSchema
+    guard: InputGuard
+    output_checker: OutputChecker
+    monitors: MonitorSuite
+    reference: Tensor
+    reference_logits: Tensor
+
+
+def guard_stages(
+    net: nn.Module,
+    spec: ModelSpec,
     *,
-    model: str = "demo",
-    weights: Path | None = None,
     schema: Path | None = None,
     reference: Path | None = None,
-    policy: str = "reject",
-    signature: Path | None = None,
-    public_keys: Path | Sequence[Path] | None = None,
-    sha256: str | None = None,
-    audit_log: str | Path | None = "bastion-audit.db",
-    load_policy: Policy | None = None,
-    cache_dir: Path | None = None,
-) -> Pipeline:
-    """Build the guarded pipeline ``bastion serve`` serves, from command-line style options.
+    policy: str | InvalidDataPolicy = "reject",
+    calibration: Calibration | None = None,
+) -> GuardStages:
+    """The guard ``bastion serve`` builds for ``net``; :func:`assemble` and the audit use it.
 
-    The model is read by :func:`bastion.load` first, so a file that fails its checks stops
-    everything before any other work. The demo infers its schema from the MNIST 5k train split
-    (range [0, 1]) and uses the test split as reference; other models infer it from
-    ``reference`` unless a schema file is given.
+    The demo infers its schema from the MNIST 5k train split (range [0, 1]) and uses the test
+    split as reference; other models infer it from ``reference`` unless a schema file is given.
 
     Raises:
-        IntegrityError, SignatureError, UnsafeArtifactError: the weights failed a check.
-        ConfigurationError: bad options or files.
+        ConfigurationError, InputValidationError: bad options or files.
     """
-    from bastion.guard.outputs import OutputChecker
-    from bastion.guard.policy import InputGuard, InvalidDataPolicy
-
-    spec = ModelSpec.parse(model)
     invalid = InvalidDataPolicy.parse(policy)
-    net = load_model(spec, weights=weights, signature=signature, public_keys=public_keys,
-                     sha256=sha256, policy=load_policy, cache_dir=cache_dir)
     ref = load_reference(reference)
     if spec.is_demo and schema is None and reference is None:
         from bastion.data import load_mnist5k
@@ -174,13 +196,55 @@ def assemble(
     )
     with torch.no_grad():
         ref_logits = net(ref)
-    checker = OutputChecker(int(ref_logits.shape[-1]))
-    return Pipeline(
-        model=net,
+    return GuardStages(
         schema=tensor_schema,
         guard=guard,
-        output_checker=checker,
-        monitors=_stages.default_monitors(ref, ref_logits),
+        output_checker=OutputChecker(int(ref_logits.shape[-1])),
+        monitors=_stages.default_monitors(ref, ref_logits, calibration),
+        reference=ref,
+        reference_logits=ref_logits,
+    )
+
+
+def assemble(
+    *,
+    model: str = "demo",
+    weights: Path | None = None,
+    schema: Path | None = None,
+    reference: Path | None = None,
+    policy: str = "reject",
+    signature: Path | None = None,
+    public_keys: Path | Sequence[Path] | None = None,
+    sha256: str | None = None,
+    audit_log: str | Path | None = "bastion-audit.db",
+    load_policy: Policy | None = None,
+    cache_dir: Path | None = None,
+    alerts: AlertManager | None = None,
+) -> Pipeline:
+    """Build the guarded pipeline ``bastion serve`` serves, from command-line style options.
+
+    The model is read by :func:`bastion.load` first, so a file that fails its checks stops
+    everything before any other work; then :func:`guard_stages` builds the guard around it.
+
+    Args:
+        alerts: fed every monitor update (see :class:`Pipeline`); None for no alerting.
+
+    Raises:
+        IntegrityError, SignatureError, UnsafeArtifactError: the weights failed a check.
+        ConfigurationError: bad options or files.
+    """
+    spec = ModelSpec.parse(model)
+    invalid = InvalidDataPolicy.parse(policy)
+    net = load_model(spec, weights=weights, signature=signature, public_keys=public_keys,
+                     sha256=sha256, policy=load_policy, cache_dir=cache_dir)
+    stages = guard_stages(net, spec, schema=schema, reference=reference, policy=invalid)
+    return Pipeline(
+        model=net,
+        schema=stages.schema,
+        guard=stages.guard,
+        output_checker=stages.output_checker,
+        monitors=stages.monitors,
         audit=None if audit_log is None else _stages.open_audit_log(audit_log),
         name=spec.factory or "demo",
+        alerts=alerts,
     )

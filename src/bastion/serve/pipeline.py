@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bastion.core.results import to_jsonable
+from bastion.guard.alerts import AlertManager
 from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard, InvalidDataPolicy
@@ -69,8 +70,10 @@ class Pipeline:
         name: what ``/healthz`` reports.
         background_monitors: feed the monitors from a background thread (default) instead of
             on the request path; answers then carry the verdict of earlier batches.
-        monitor_listeners: called with every monitor update's results (e.g. an alert manager's
-            ``evaluate``), on the thread that updates the monitors.
+        monitor_listeners: called with every monitor update's results, on the thread that
+            updates the monitors.
+        alerts: an alert manager fed every monitor update (its ``process`` joins the
+            listeners); its active alerts appear in :meth:`monitor_state`.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Pipeline:
         name: str = "model",
         background_monitors: bool = True,
         monitor_listeners: Sequence[Listener] = (),
+        alerts: AlertManager | None = None,
     ) -> None:
         self.model = model.eval()
         for parameter in self.model.parameters():
@@ -92,7 +96,10 @@ class Pipeline:
         self.schema, self.guard, self.name = schema, guard, name
         self.output_checker, self.monitors, self.audit = output_checker, monitors, audit
         self._lock = threading.Lock()
+        self.alerts = alerts
         self._listeners = list(monitor_listeners)
+        if alerts is not None:
+            self._listeners.append(alerts.process)
         self._worker = (
             MonitorWorker(monitors, listeners=self._listeners)
             if monitors is not None and background_monitors
@@ -162,8 +169,13 @@ class Pipeline:
             checks=checks,
         )
 
-    def commit(self, *, request_id: str, body: bytes, inference: Inference) -> dict[str, Any]:
-        """Feed the monitors and write the audit row (durable on return); the checks to send."""
+    def commit(
+        self, *, request_id: str, body: bytes, inference: Inference, api_key: str | None = None
+    ) -> dict[str, Any]:
+        """Feed the monitors and write the audit row (durable on return); the checks to send.
+
+        ``api_key`` is the *name* of the caller's key, recorded in the audit row.
+        """
         checks = dict(inference.checks)
         if self._worker is not None:
             checks["monitors"] = self._worker.summary()
@@ -179,6 +191,7 @@ class Pipeline:
                 AuditRecord.create(
                     inputs=body,
                     request_id=request_id,
+                    api_key=api_key,
                     validation=checks.get("input"),
                     prediction=inference.predictions.tolist(),
                     checks=checks.get("output"),
@@ -187,7 +200,9 @@ class Pipeline:
             )
         return checks
 
-    def record_refusal(self, *, request_id: str, body: bytes, refusal: Refusal) -> None:
+    def record_refusal(
+        self, *, request_id: str, body: bytes, refusal: Refusal, api_key: str | None = None
+    ) -> None:
         """Write the audit row of a refused request: its reason, never its values."""
         if self.audit is None:
             return
@@ -195,6 +210,7 @@ class Pipeline:
             AuditRecord.create(
                 inputs=body,
                 request_id=request_id,
+                api_key=api_key,
                 outcome=Outcome.REFUSED,
                 reason=f"{refusal.status} {refusal.error}: {refusal.message}"[:2000],
                 validation=refusal.detail,
@@ -202,11 +218,21 @@ class Pipeline:
         )
 
     def monitor_state(self) -> dict[str, Any]:
-        """The monitors' current state (``{}`` without monitors)."""
+        """The monitors' current state (``{}`` without monitors), with ``alerts`` when alerting:
+        the rules, the active alerts and how many fired."""
         if self.monitors is None:
             return {}
         if self._worker is not None:
             self._worker.drain()
         with self._lock:
             state = _to_json(self.monitors.state())
-        return state if isinstance(state, dict) else {"state": state}
+        if not isinstance(state, dict):
+            state = {"state": state}
+        if self.alerts is not None:
+            state["alerts"] = self.alerts.state()
+        return state
+
+    def close(self) -> None:
+        """Flush alert sinks (webhooks) once the server stops."""
+        if self.alerts is not None:
+            self.alerts.close()
