@@ -27,7 +27,8 @@ def test_demo_audit_signs_scans_and_loads_both_formats(tmp_path: Path, demo_cach
     demo_state = demo_model(cache_dir=demo_cache).state_dict()
     report = run_audit(workdir=tmp_path / "audit", cache_dir=demo_cache)
     assert report.status is CheckStatus.PASS
-    (section,) = report.sections
+    assert [s.title for s in report.sections] == ["Model file", "Runtime guard"]
+    section = report.sections[0]
     formats = sorted(f.format for f in section.files)
     assert formats == ["safetensors", "torch-zip"]
     for file in section.files:
@@ -95,13 +96,14 @@ def test_cli_audit_demo_end_to_end(tmp_path: Path, demo_cache: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "pass"
     titles = [section["title"] for section in report["sections"]]
-    assert titles == ["Model file", "Robustness"]
+    assert titles == ["Model file", "Robustness", "Runtime guard"]
     robust = report["sections"][1]["result"]
     assert robust["clean_accuracy"] >= 0.9
     assert [p["eps"] for p in robust["curve"]] == [0.1, 0.2, 0.3]
     # an undefended CNN: the curve falls, and at eps 0.3 almost nothing survives
     assert robust["curve"][-1]["robust_accuracy"] <= 0.1 < robust["clean_accuracy"]
     assert "Robustness" in (out / "report.html").read_text()
+    assert "Runtime guard" in run.stdout and "input_mmd" in run.stdout
 
 
 def test_cli_audit_exit_codes(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 from bastion.audit.model_file import CheckStatus, ModelFileAudit, ModelFileSection
 from bastion.audit.runner import AuditReport, prepare_demo, run_audit
+from bastion.audit.runtime_guard import RuntimeGuardSection, runtime_guard_section
 
 __all__ = [
     "AuditReport",
     "CheckStatus",
     "ModelFileAudit",
     "ModelFileSection",
+    "RuntimeGuardSection",
     "prepare_demo",
     "run_audit",
+    "runtime_guard_section",
 ]

@@ -30,7 +30,7 @@ class AuditReport(Result):
     subject: str
     created: str
     bastion_version: str
-    sections: tuple[Any, ...]  # ModelFileSection, RobustnessSection
+    sections: tuple[Any, ...]  # ModelFileSection, RobustnessSection, RuntimeGuardSection
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -94,6 +94,7 @@ def run_audit(
     workdir: str | Path = "audit",
     cache_dir: Path | None = None,
     robustness_samples: int = 0,
+    runtime_guard: bool = True,
 ) -> AuditReport:
     """Audit ``model`` (a file), or the bundled demo when ``model`` is None.
 
@@ -107,6 +108,9 @@ def run_audit(
         cache_dir: where the demo model's weights are cached.
         robustness_samples: with the demo, add a "Robustness" section evaluated on this many
             MNIST test samples (0: no section); see :func:`robustness_section`.
+        runtime_guard: with the demo, add the "Runtime guard" section (what ``bastion serve``
+            would run, measured; a few seconds; on by default); see
+            :func:`~bastion.audit.runtime_guard.runtime_guard_section`.
     """
     policy = policy or DEFAULT_POLICY
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -133,6 +137,10 @@ def run_audit(
     sections: tuple[Any, ...] = (section,)
     if model is None and robustness_samples > 0:
         sections += (robustness_section(robustness_samples, cache_dir=cache_dir),)
+    if model is None and runtime_guard:
+        from bastion.audit.runtime_guard import runtime_guard_section
+
+        sections += (runtime_guard_section(cache_dir=cache_dir),)
     return AuditReport(
         subject=subject,
         created=created,

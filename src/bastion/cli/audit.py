@@ -66,6 +66,9 @@ def audit(
                 status = "pass" if check.passed else "FAIL"
                 console.print(f"    {check.check:<28} {status:<5} {check.detail}", markup=False,
                               highlight=False)
+        if hasattr(section, "summary_lines"):  # the Runtime guard section
+            for line in section.summary_lines():
+                console.print(line, markup=False, highlight=False)
     console.print(f"overall: [bold]{report.status.value}[/]; wrote {escape(str(json_path))} and "
                   f"{escape(str(html_path))}",
                   highlight=False)
