@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,10 @@ from bastion.train.results import EpochMetrics, TrainResult
 
 __all__ = ["fit"]
 
+if TYPE_CHECKING:
+    from bastion.guard.policy import InputGuard
+    from bastion.guard.schema import TensorSchema
+
 _logger = logging.getLogger("bastion.train")
 _NOISE_STREAM = 0x6E6F6973
 
@@ -49,7 +53,7 @@ def fit(
     val_data: Any = None,
     out: str | Path | None = None,
     resume: bool = False,
-    schema: Any = None,
+    schema: TensorSchema | InputGuard | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
