@@ -12,13 +12,16 @@ import dataclasses
 import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion._version import __version__
 from bastion.artifacts.scan.policy import DEFAULT_POLICY, Policy
 from bastion.audit.model_file import CheckStatus, ModelFileSection, audit_model_file
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["AuditReport", "prepare_demo", "run_audit"]
 
@@ -30,7 +33,7 @@ class AuditReport(Result):
     subject: str
     created: str
     bastion_version: str
-    sections: tuple[Any, ...]  # ModelFileSection, RobustnessSection, RuntimeGuardSection
+    sections: tuple[Any, ...]  # ModelFileSection, Robustness, RuntimeGuard, Hardening
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -95,6 +98,11 @@ def run_audit(
     cache_dir: Path | None = None,
     robustness_samples: int = 0,
     runtime_guard: bool = True,
+    hardened: str | Path | None = None,
+    baseline: str | Path | None = None,
+    architecture: str = "demo",
+    hardening_samples: int = 100,
+    hardening_data: str = "mnist5k",
 ) -> AuditReport:
     """Audit ``model`` (a file), or the bundled demo when ``model`` is None.
 
@@ -111,7 +119,17 @@ def run_audit(
         runtime_guard: with the demo, add the "Runtime guard" section (what ``bastion serve``
             would run, measured; a few seconds; on by default); see
             :func:`~bastion.audit.runtime_guard.runtime_guard_section`.
+        hardened: weights of a hardened model (safetensors or any file ``bastion.load``
+            reads), or the output directory of ``bastion train`` / ``bastion harden``: adds the
+            "Hardening" section, the hardened model against ``baseline`` under one evaluation.
+        baseline: the baseline's weights; default: the bundled demo model (with the ``demo``
+            architecture only).
+        architecture: ``demo`` (DemoCNN) or ``package.module:factory`` for both models.
+        hardening_samples: test samples of the Hardening section's evaluation.
+        hardening_data: the dataset it evaluates on (``mnist5k``, ``digits`` or an .npz).
     """
+    hardening = _hardening(hardened, baseline, architecture, hardening_samples, hardening_data,
+                           policy, cache_dir)
     policy = policy or DEFAULT_POLICY
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if model is None:
@@ -141,6 +159,8 @@ def run_audit(
         from bastion.audit.runtime_guard import runtime_guard_section
 
         sections += (runtime_guard_section(cache_dir=cache_dir),)
+    if hardening is not None:
+        sections += (hardening(),)
     return AuditReport(
         subject=subject,
         created=created,
@@ -174,6 +194,56 @@ def robustness_section(samples: int, *, cache_dir: Path | None = None) -> Any:
         advice.insert(0, "A sanity check failed: the robust accuracy may be inflated by "
                       "gradient masking; evaluate with adaptive attacks (EOT, BPDA, logits).")
     return RobustnessSection(result=result, advice=tuple(advice))
+
+
+def _hardening(
+    hardened: str | Path | None, baseline: str | Path | None, architecture: str, samples: int,
+    data: str, policy: Policy | None, cache_dir: Path | None,
+) -> Any:
+    """Check the Hardening section's inputs before any work; return a thunk that builds it."""
+    if hardened is None:
+        if baseline is not None:
+            raise ConfigurationError("--baseline needs --hardened (the model to compare with it)")
+        return None
+    from bastion.audit.hardening import hardening_section, load_weights_into, resolve_hardened
+    from bastion.zoo.factory import build_from_factory
+
+    weights, record = resolve_hardened(Path(hardened))
+    if baseline is None and architecture != "demo":
+        raise ConfigurationError("--baseline is required unless the architecture is the demo's")
+    if baseline is not None and not Path(baseline).is_file():
+        raise ConfigurationError(f"--baseline {baseline}: no such file")
+
+    def build() -> nn.Module:
+        if architecture == "demo":
+            from bastion.zoo import DemoCNN
+
+            return DemoCNN()
+        return build_from_factory(architecture)
+
+    def section() -> Any:
+        hard = load_weights_into(build(), weights, policy)
+        base: nn.Module
+        if baseline is None:
+            from bastion.zoo import demo_model
+
+            base = demo_model(cache_dir=cache_dir).eval()
+        else:
+            base = load_weights_into(build(), Path(baseline), policy)
+        return hardening_section(hard, base, samples=samples, data=data, training=record,
+                                 eps=_record_eps(record))
+
+    return section
+
+
+def _record_eps(record: dict[str, Any] | None) -> tuple[float, ...]:
+    """The curve for a Hardening section: up to the training eps when the record names one
+    (a model is judged at the radius it was hardened for), else 0.1, 0.2, 0.3."""
+    threat = (record or {}).get("threat")
+    eps = threat.get("eps") if isinstance(threat, dict) else None
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < float("inf"):
+        return (eps / 3, 2 * eps / 3, float(eps))
+    return (0.1, 0.2, 0.3)
 
 
 def _advice(files: Sequence[Any]) -> list[str]:

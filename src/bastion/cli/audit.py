@@ -27,6 +27,21 @@ def audit(
         help="With the demo: evaluate robustness on this many MNIST test samples for the "
         "Robustness section (0 leaves it out).",
     ),
+    hardened: Path | None = typer.Option(
+        None, "--hardened", help="A hardened model's weights, or a `bastion train`/`bastion "
+        "harden` output directory: adds the Hardening section (against --baseline).",
+    ),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="The baseline's weights (default: the demo model)."
+    ),
+    architecture: str = typer.Option(
+        "demo", "--architecture", metavar="SPEC",
+        help="Architecture of --hardened/--baseline: 'demo' or 'package.module:factory'.",
+    ),
+    data: str = typer.Option(
+        "mnist5k", "--data", metavar="DATA",
+        help="Test data of the Hardening section: mnist5k, digits or an .npz file.",
+    ),
     allow: list[str] | None = ALLOW_OPTION,
     policy: Path | None = POLICY_OPTION,
 ) -> None:
@@ -45,6 +60,10 @@ def audit(
         policy=build_policy(allow, policy),
         workdir=out,
         robustness_samples=robustness if model is None else 0,
+        hardened=hardened,
+        baseline=baseline,
+        architecture=architecture,
+        hardening_data=data,
     )
     json_path, html_path = write_report(report, out)
     for section in report.sections:
@@ -58,7 +77,14 @@ def audit(
                     markup=False, highlight=False,
                 )
         result = getattr(section, "result", None)
-        if result is not None:  # the Robustness section
+        if result is not None and result.baseline is not None:  # the Hardening section
+            b = result.baseline
+            console.print(
+                f"  hardened: clean {result.clean_accuracy:.1%}, robust "
+                f"{result.robust_accuracy:.1%}; baseline: clean {b.clean_accuracy:.1%}, robust "
+                f"{b.robust_accuracy:.1%} (eps {result.threat.eps:g})",
+                markup=False, highlight=False)
+        if result is not None:  # the Robustness and Hardening sections
             curve = ", ".join(f"eps {p.eps:g}: {p.robust_accuracy:.1%}" for p in result.curve)
             console.print(f"  clean {result.clean_accuracy:.1%}; robust {curve}", markup=False,
                           highlight=False)
