@@ -166,8 +166,10 @@ def test_randomized_model_is_flagged(mlp) -> None:
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return model((t + 0.05 * torch.randn_like(t)).clamp(0, 1))
 
+    # adaptive=False: attacked as it is (the default detects the randomness and uses EOT,
+    # tests/evaluate/test_adaptive.py)
     result = robustness(Noisy(), (x, y), ThreatModel(eps=0.1), "fgsm", progress=False,
-                        sanity_samples=40)
+                        sanity_samples=40, adaptive=False)
     check = {c.check: c for c in result.sanity}["deterministic"]
     assert not check.passed and "EOT" in check.detail
 

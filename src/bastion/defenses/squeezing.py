@@ -57,9 +57,9 @@ def bit_depth(x: torch.Tensor, bits: int, bounds: Sequence[float] = (0.0, 1.0)) 
 def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
     """Median of each ``size x size`` neighbourhood of ``x`` ``(B, C, H, W)``, per channel.
 
-    The window of pixel (i, j) spans rows ``i - (size-1)//2 .. i + size//2`` (likewise columns);
-    edges are reflected. For an even window the upper of the two middle values is taken (as
-    ``scipy.ndimage.median_filter``, which Xu et al. used).
+    The window of pixel (i, j) spans rows ``i - size//2 .. i + (size-1)//2`` (likewise columns)
+    and edges are mirrored; for an even window the upper of the two middle values is taken. This
+    is ``scipy.ndimage.median_filter(x, size, mode="mirror")``, which Xu et al. used.
 
     Example:
         >>> import torch
@@ -68,7 +68,7 @@ def median_smooth(x: torch.Tensor, size: int) -> torch.Tensor:
         >>> median_smooth(x, 3).abs().sum().item()
         0.0
     """
-    before, after = (size - 1) // 2, size // 2
+    before, after = size // 2, (size - 1) // 2
     padded = F.pad(x, (before, after, before, after), mode="reflect") if size > 1 else x
     patches = padded.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H, W, size, size)
     flat = patches.reshape(*patches.shape[:4], size * size)

@@ -26,7 +26,7 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bastion.attacks import APGD, APGDT, FGSM, MIFGSM, PGD, Attack, Loss, Square
+from bastion.attacks import APGD, APGDT, EOT, FGSM, MIFGSM, PGD, Attack, Loss, Square
 from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.threat import ThreatModel
@@ -149,6 +149,8 @@ def at_threat(attack: Attack, threat: ThreatModel) -> Attack:
             f"{type(attack).__name__}"
         )
     changes: dict[str, Any] = {"threat": threat}
+    if isinstance(attack, EOT):  # its threat model is its inner attack's
+        return dataclasses.replace(attack, attack=at_threat(attack.attack, threat), **changes)
     old = attack.threat.eps
     step = getattr(attack, "step_size", None)
     if isinstance(step, float) and old > 0:
@@ -157,7 +159,10 @@ def at_threat(attack: Attack, threat: ThreatModel) -> Attack:
 
 
 def attack_label(attack: Attack) -> str:
-    """The name reports use: the attack's ``label`` field when it has one, else its ``name``."""
+    """The name reports use: the attack's ``label`` field when it has one, else its ``name``;
+    ``eot(<inner>)`` for an EOT wrapper."""
+    if isinstance(attack, EOT):
+        return f"eot({attack_label(attack.attack)})"
     label = getattr(attack, "label", None)
     return str(label) if isinstance(label, str) and label else attack.name
 

@@ -2,7 +2,8 @@
 
 Reported with every number: the threat model, each attack with its budget and the work it did,
 the curve over eps, per-class accuracy and the sanity checks against gradient masking
-(DESIGN.md, "Honest evaluation").
+(DESIGN.md, "Honest evaluation"). The attacks adapt to the model (EOT for randomized models,
+notes for BPDA; :mod:`bastion.evaluate.adaptive`) unless ``adaptive=False``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from bastion.attacks import Attack
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.threat import ThreatModel
+from bastion.evaluate.adaptive import plan_adaptive
 from bastion.evaluate.curves import PointRun, predict, run_curve
 from bastion.evaluate.data import as_tensors
 from bastion.evaluate.ensemble import (
@@ -58,6 +60,8 @@ def robustness(
     name: str = "model",
     baseline_name: str = "baseline",
     examples: int = 8,
+    adaptive: bool = True,
+    eot_samples: int = 10,
 ) -> RobustnessResult:
     """Evaluate ``model`` against an attack ensemble: worst case per sample.
 
@@ -79,6 +83,12 @@ def robustness(
         baseline: a second model evaluated on the same samples and threat, side by side.
         name: how reports call ``model``; ``baseline_name`` likewise.
         examples: broken samples kept for the report's gallery.
+        adaptive: adapt the attacks to the model (:mod:`bastion.evaluate.adaptive`): for a
+            randomized model (declared with ``AttackHint.EOT``, or 5 clean passes that
+            disagree) every gradient attack runs through EOT and every prediction is the
+            argmax of logits averaged over ``eot_samples`` passes; BPDA modules are noted.
+            False attacks and judges the model as it is, one pass at a time.
+        eot_samples: k, the passes each EOT gradient and each judged prediction averages.
 
     Returns:
         A :class:`RobustnessResult`.
@@ -104,7 +114,8 @@ def robustness(
         raise ConfigurationError(
             f"threat must be a bastion.ThreatModel, got {type(threat).__name__}"
         )
-    for field, value in (("batch_size", batch_size), ("sanity_samples", sanity_samples)):
+    for field, value in (("batch_size", batch_size), ("sanity_samples", sanity_samples),
+                         ("eot_samples", eot_samples)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{field} must be a positive integer, got {value!r}")
     start = time.perf_counter()
@@ -120,10 +131,16 @@ def robustness(
             f"got labels in [{int(y.min())}, {int(y.max())}]"
         )
     factories, notes = _factories(attacks, num_classes, seed)
+    plan = plan_adaptive(model, x[:sanity_samples], adaptive=adaptive, eot_samples=eot_samples)
+    notes += plan.notes
+    factories = [plan.wrap_factory(f) for f in factories]
+    judged = plan.judge(model)  # a randomized model is judged over repeated passes
+    if judged is not model:
+        logits = _clean_logits(judged, x, batch_size)
     points = _points(threat, eps)
     clean_pred = logits.argmax(1)
     runs = run_curve(
-        model, x, y, clean_pred, factories, threat, points,
+        judged, x, y, clean_pred, factories, threat, points,
         num_classes=num_classes, batch_size=batch_size, examples_at=threat.eps,
         max_examples=examples, progress=progress,
     )
@@ -136,11 +153,12 @@ def robustness(
     checks: list[SanityCheck] = []
     if sanity:
         checks = run_sanity_checks(
-            model, x, y, logits, threat, curve_eps=points, num_classes=num_classes,
-            uses_eot=any(r.attack.name == "eot" for r in main.attacks), seed=seed,
-            batch_size=batch_size, samples=sanity_samples,
+            judged, x, y, logits, threat, curve_eps=points, num_classes=num_classes,
+            uses_eot=plan.uses_eot or any(r.attack.name == "eot" for r in main.attacks),
+            seed=seed,
+            batch_size=batch_size, samples=sanity_samples, adapt=plan.wrap, single_pass=model,
         )
-        checks.append(_black_box(model, x, y, main, threat, seed, sanity_samples))
+        checks.append(_black_box(judged, x, y, main, threat, seed, sanity_samples))
     correct = clean_pred == y
     n, n_correct, n_robust = x.shape[0], int(correct.sum()), int(main.robust.sum())
     other = None
@@ -148,7 +166,7 @@ def robustness(
         other = robustness(
             baseline, (x, y), threat, attacks, eps=eps, batch_size=batch_size, seed=seed,
             sanity=sanity, sanity_samples=sanity_samples, progress=progress,
-            name=baseline_name, examples=examples,
+            name=baseline_name, examples=examples, adaptive=adaptive, eot_samples=eot_samples,
         )
     return RobustnessResult(
         model=name,

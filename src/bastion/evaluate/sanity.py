@@ -5,7 +5,9 @@ Adversarial Robustness"; Athalye et al. 2018; AutoAttack's automatic flags, Croc
 
 * ``logits``: the model returns logits, not probabilities (outputs in [0, 1] summing to 1
   saturate the cross-entropy gradient);
-* ``deterministic``: repeated clean passes agree (a randomized model must be attacked with EOT);
+* ``deterministic``: repeated clean passes agree (a randomized model must be attacked with EOT,
+  which :func:`~bastion.evaluate.robustness` does unless ``adaptive=False``; the PGD runs of the
+  checks below are then EOT too, see :mod:`bastion.evaluate.adaptive`);
 * ``gradients``: input gradients at the clean points are finite and non-zero;
 * ``chance at large eps``: PGD at half the width of the bounds (Linf; the matching L2 radius)
   brings accuracy down to chance;
@@ -20,13 +22,13 @@ A failure means the robust accuracy may be inflated; the result is flagged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bastion.attacks import PGD, Square
+from bastion.attacks import PGD, Attack, Square
 from bastion.core.modes import frozen_eval
 from bastion.core.threat import Norm, ThreatModel
 from bastion.evaluate.curves import _run_attack
@@ -43,8 +45,11 @@ _BLACK_BOX_POINTS = 0.002
 def _pgd_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int, seed: int,
     batch_size: int,
+    adapt: Callable[[Attack], Attack] | None = None,
 ) -> float:
-    attack = PGD(threat=threat, steps=steps, seed=seed)
+    attack: Attack = PGD(threat=threat, steps=steps, seed=seed)
+    if adapt is not None:
+        attack = adapt(attack)
     correct = 0
     for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
         x_adv = attack(model, xb, yb)
@@ -120,13 +125,20 @@ def run_sanity_checks(
     seed: int,
     batch_size: int,
     samples: int,
+    adapt: Callable[[Attack], Attack] | None = None,
+    single_pass: nn.Module | None = None,
 ) -> list[SanityCheck]:
-    """Every check but ``black box`` (see :func:`black_box_check`) on a seeded subsample."""
+    """Every check but ``black box`` (see :func:`black_box_check`) on a seeded subsample.
+
+    ``adapt`` turns the checks' PGD into the evaluation's adaptive attack (EOT for a randomized
+    model, see :mod:`bastion.evaluate.adaptive`), and ``model`` is then the judged model;
+    ``single_pass`` is the model on one pass, for the ``deterministic`` check (default ``model``).
+    """
     checks = [_logits_check(clean_logits)]
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(x.shape[0], generator=gen)[:samples].to(x.device)
     xs, ys = x[pick], y[pick]
-    checks.append(_deterministic_check(model, xs, uses_eot))
+    checks.append(_deterministic_check(single_pass or model, xs, uses_eot))
     checks.append(_gradient_check(model, xs, ys))
     correct = clean_logits[pick].argmax(1) == ys
     xc, yc = xs[correct], ys[correct]
@@ -136,7 +148,7 @@ def run_sanity_checks(
                          for c in ("chance at large eps", "monotone", "more steps")]
     n = xc.shape[0]
     big = _large_eps(threat, xc)
-    acc = _pgd_accuracy(model, xc, yc, threat.with_eps(big), 20, seed, batch_size)
+    acc = _pgd_accuracy(model, xc, yc, threat.with_eps(big), 20, seed, batch_size, adapt)
     chance = 1 / num_classes
     checks.append(SanityCheck(
         check="chance at large eps",
@@ -147,7 +159,8 @@ def run_sanity_checks(
     grid = sorted({e for e in curve_eps if e > 0} | ({threat.eps} if threat.eps > 0 else set()))
     if len(grid) < 2 and grid:
         grid = [grid[0] / 2, grid[0]]
-    accs = [_pgd_accuracy(model, xc, yc, threat.with_eps(e), 20, seed, batch_size) for e in grid]
+    accs = [_pgd_accuracy(model, xc, yc, threat.with_eps(e), 20, seed, batch_size, adapt)
+            for e in grid]
     slack = max(1 / n, 0.02)
     rises = [(a, b, e) for a, b, e in zip(accs, accs[1:], grid[1:], strict=False) if b > a + slack]
     text = ", ".join(f"{e:g}: {a:.1%}" for e, a in zip(grid, accs, strict=True))
@@ -159,7 +172,7 @@ def run_sanity_checks(
     ))
     if threat.eps > 0:
         base = accs[grid.index(threat.eps)]
-        double = _pgd_accuracy(model, xc, yc, threat, 40, seed, batch_size)
+        double = _pgd_accuracy(model, xc, yc, threat, 40, seed, batch_size, adapt)
         checks.append(SanityCheck(
             check="more steps",
             passed=base - double <= _STEPS_TOLERANCE,
