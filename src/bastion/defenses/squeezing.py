@@ -1,6 +1,7 @@
-"""Feature squeezing (Xu, Evans & Qi 2018, "Feature Squeezing: Detecting Adversarial Examples in
-Deep Neural Networks", https://arxiv.org/abs/1704.01155): shrink the input space an adversary can
-use.
+"""Feature squeezing: shrink the input space an adversary can use.
+
+Xu, Evans & Qi 2018, "Feature Squeezing: Detecting Adversarial Examples in Deep Neural
+Networks", https://arxiv.org/abs/1704.01155:
 
 * Bit-depth reduction to i bits, on inputs scaled to [0, 1]:
   ``x' = round(x * (2^i - 1)) / (2^i - 1)``. Xu et al. use 1 bit on MNIST, 5 on CIFAR-10.
