@@ -227,3 +227,65 @@ def test_synchronous_normal_is_opt_in_and_checked(tmp_path: Path) -> None:
         assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     with pytest.raises(ConfigurationError, match="synchronous"):
         AuditLog.open(tmp_path / "b.db", synchronous="OFF")
+
+
+_OLD_SCHEMA = """
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    time TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX audit_time ON audit (time);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
+"""
+
+
+def test_api_key_name_is_recorded_filtered_and_exported(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "audit.db") as log:
+        log.append(_record(0, api_key="alice"))
+        log.append(_record(1, api_key="bob", outcome=Outcome.REFUSED, reason="422 invalid"))
+        log.append(_record(2))
+        assert [r.api_key for r in log.rows()] == ["alice", "bob", None]
+        assert [r.request_id for r in log.rows(api_key="bob")] == ["req-1"]
+        assert log.export_jsonl(tmp_path / "alice.jsonl", api_key="alice") == 1
+        assert log.export_jsonl(tmp_path / "all.jsonl") == 3
+    lines = [json.loads(t) for t in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert [line["api_key"] for line in lines] == ["alice", "bob", None]
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    assert conn.execute("SELECT api_key FROM audit ORDER BY seq").fetchall() == [
+        ("alice",), ("bob",), (None,)]
+    conn.close()
+
+
+def test_a_log_from_before_the_api_key_column_opens_and_migrates(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_OLD_SCHEMA)
+    old = _record(0, prediction=[3]).to_dict()
+    del old["api_key"]  # written by the version without the field
+    conn.execute("INSERT INTO audit (request_id, time, outcome, record) VALUES (?, ?, ?, ?)",
+                 (old["request_id"], old["time"], "answered", json.dumps(old, sort_keys=True)))
+    conn.commit()
+    conn.close()
+    with AuditLog.open(path) as log:
+        (row,) = log.rows()
+        assert (row.request_id, row.prediction, row.api_key) == ("req-0", [3], None)
+        log.append(_record(1, api_key="carol"))
+        assert [r.api_key for r in log.rows()] == [None, "carol"]
+        assert log.export_jsonl(tmp_path / "out.jsonl") == 2
+    lines = [json.loads(t) for t in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(line["request_id"], line["api_key"]) for line in lines] == [
+        ("req-0", None), ("req-1", "carol")]
+    conn = sqlite3.connect(path)
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(audit)")]
+    assert columns[-1] == "api_key"
+    with pytest.raises(sqlite3.DatabaseError, match="append-only: UPDATE"):
+        conn.execute("UPDATE audit SET api_key = 'mallory'")  # the migration kept the triggers
+    conn.close()
+    with AuditLog.open(path) as log:  # opening again migrates nothing twice
+        assert len(log) == 2

@@ -20,13 +20,14 @@ from bastion.guard.audit_log import AuditLog, Outcome, digest_input
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard
 from bastion.guard.schema import TensorSchema
+from bastion.serve.auth import hash_key
 from bastion.serve.pipeline import Pipeline
 
 BASTION = [sys.executable, "-m", "bastion.cli.main"]
 
 
 def test_one_audit_row_per_request_with_digest(
-    demo_parts: Any, start: Any, connect: Any, tmp_path: Path
+    demo_parts: Any, start: Any, connect: Any, keys: tuple[Path, str], tmp_path: Path
 ) -> None:
     model, x_train, x_test = demo_parts
     schema = TensorSchema.infer(x_train, bounds=(0.0, 1.0))
@@ -47,6 +48,11 @@ def test_one_audit_row_per_request_with_digest(
     assert [r.outcome for r in rows] == [Outcome.ANSWERED] * 3 + [Outcome.REFUSED]
     assert rows[0].prediction == answers[0].json()["predictions"]
     assert rows[3].reason.startswith("422 invalid_input") and rows[3].prediction is None
+    assert [r.api_key for r in rows] == ["tester"] * 4  # the key's name, refusals included
+    key = keys[1]
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("audit.db*"))
+    for secret in (key, hash_key(key)):  # neither the key nor its digest is ever written
+        assert secret.encode() not in stored
 
 
 def _free_port() -> int:
