@@ -36,7 +36,9 @@ def test_declared_randomized_model_gets_eot_and_is_judged_over_passes() -> None:
     result = robustness(defended, (x, y), ThreatModel(eps=0.3), progress=False,
                         sanity_samples=40, eot_samples=8)
     print(result.summary(), *result.notes, *(c.detail for c in result.sanity), sep="\n")
-    assert [a.name for a in result.attacks] == ["eot(apgd-ce)", "eot(apgd-t)", "square"]
+    names = [a.name for a in result.attacks]  # the default ensemble, gradient stages in EOT
+    assert names[:2] == ["eot(apgd-ce)", "eot(apgd-t)"] and names[-1] == "square"
+    assert all(n.startswith("eot(") for n in names[:-1])
     assert result.attacks[0].params["samples"] == 8
     assert result.clean_accuracy >= 0.85
     assert result.robust_accuracy <= 0.05
@@ -95,7 +97,8 @@ def test_bpda_model_breaks_with_its_own_backward_and_a_note() -> None:
     x, y = mnist_batch(100)
     result = robustness(defended, (x, y), ThreatModel(eps=0.3), progress=False,
                         sanity_samples=40)
-    assert [a.name for a in result.attacks] == ["apgd-ce", "apgd-t", "square"]
+    names = [a.name for a in result.attacks]
+    assert names[:2] == ["apgd-ce", "apgd-t"] and names[-1] == "square"  # no EOT: BPDA only
     assert result.robust_accuracy <= 0.05
     assert [n for n in result.notes if "BPDA" in n] == [
         "gradients approximated (BPDA): BitDepth is not differentiable and carries its own "
