@@ -236,3 +236,42 @@ def test_as_tensor_integer_schemas() -> None:
         as_tensor([1.5], schema)
     with pytest.raises(InputValidationError, match="outside the range"):
         as_tensor([256], schema)
+
+
+_VALUES = [0.0, 0.2, 0.5, 0.99, 1.0, 1.0001, -0.01, 7.0, math.nan, math.inf, -math.inf]
+
+
+def _slow_report(schema: TensorSchema, x: torch.Tensor) -> object:
+    from bastion.guard import _checks
+
+    return _checks.build_report(schema, _checks.inspect(schema, x), 1000)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_valid_path_never_disagrees_with_the_full_checks(seed: int) -> None:
+    """The server's fast path (certainly_valid) may only say "valid" when every rule holds."""
+    from bastion.guard import _checks
+
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.rand(64, 6, generator=gen)
+    schema = TensorSchema.infer(ref, bounds=(0.0, 1.0), z_limit=float(1 + seed % 4))
+    batch = torch.rand(int(torch.randint(1, 5, (1,), generator=gen)), 6, generator=gen)
+    if seed % 3:  # plant one odd value
+        i, j = (int(torch.randint(0, n, (1,), generator=gen)) for n in batch.shape)
+        batch[i, j] = _VALUES[seed % len(_VALUES)]
+    slow = _slow_report(schema, batch)
+    if _checks.certainly_valid(schema, batch):
+        assert slow.ok, slow  # type: ignore[attr-defined]
+    assert schema.validate(batch).to_dict() == slow.to_dict()  # type: ignore[attr-defined]
+
+
+def test_fast_valid_path_hands_a_z_score_at_the_limit_to_the_exact_check() -> None:
+    from bastion.guard import _checks
+
+    stats = FeatureStats(mean=torch.zeros(4), std=torch.ones(4), z_limit=1.0)
+    schema = TensorSchema(shape=("batch", 4), stats=stats)
+    at_limit = torch.ones(1, 4)  # rms z-score exactly 1.0: valid (the rule is "> limit")
+    assert not _checks.certainly_valid(schema, at_limit)  # too close to decide fast...
+    assert schema.validate(at_limit).ok  # ...the exact check decides
+    assert not schema.validate(at_limit * 1.001).ok
+    assert _checks.certainly_valid(schema, at_limit * 0.5)

@@ -7,6 +7,7 @@ refused with a message that says where, so that ``torch.tensor`` never sees host
 
 from __future__ import annotations
 
+import array
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,9 @@ def to_tensor(x: object) -> Tensor:
 
 def _shape_of(
     obj: Sequence[Any], depth: int, max_elements: int, leaf_types: frozenset[type]
-) -> tuple[int, ...]:
-    """The shape of a rectangular nested list of numbers, walking at most ``depth`` levels."""
+) -> tuple[tuple[int, ...], list[Any]]:
+    """The shape of a rectangular nested list of numbers, walking at most ``depth`` levels, and
+    its values in C order."""
     shape: list[int] = []
     level: list[Any] = [obj]
     path_hint = "inputs"
@@ -83,7 +85,7 @@ def _shape_of(
         found = ", ".join(sorted(t.__name__ for t in bad))
         deeper = f" nested deeper than the schema's rank {depth}" if {list, tuple} & bad else ""
         raise _refuse(f"{path_hint}: values must be {wanted}, found {found}{deeper}")
-    return tuple(shape)
+    return tuple(shape), level
 
 
 def as_tensor(
@@ -123,10 +125,16 @@ def as_tensor(
         leaf_types: frozenset[type] = frozenset({bool})
     else:
         leaf_types = frozenset({int, float} if dtype.is_floating_point else {int})
-    shape = _shape_of(obj, len(schema.shape), max_elements, leaf_types)
+    shape, values = _shape_of(obj, len(schema.shape), max_elements, leaf_types)
+    wide = torch.float64 if dtype.is_floating_point else torch.int64
     try:
-        wide = torch.float64 if dtype.is_floating_point else torch.int64
-        tensor = torch.tensor(obj, dtype=torch.bool if dtype == torch.bool else wide)
+        if dtype == torch.bool:
+            tensor = torch.tensor(values, dtype=torch.bool)
+        elif not values:
+            tensor = torch.empty(0, dtype=wide)
+        else:  # the walk already flattened the values: one C copy, no second nested walk
+            tensor = torch.frombuffer(array.array("d" if dtype.is_floating_point else "q", values),
+                                      dtype=wide)
     except (OverflowError, RuntimeError, TypeError, ValueError) as error:
         raise _refuse(f"inputs: cannot be converted to numbers: {error}") from None
     if tensor.dtype == torch.int64 and dtype != torch.int64:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from typing import Any
 
@@ -95,12 +96,15 @@ class OutputReport(Result):
     @property
     def ok(self) -> bool:
         """No batch-level problem and no invalid sample (low confidence alone is not invalid)."""
-        return not self.problems and not bool(self.invalid.any())
+        counts = self.counts
+        return not self.problems and not (
+            counts["non_finite"] or counts["out_of_range"] or counts["off_simplex"])
 
-    @property
+    @functools.cached_property
     def counts(self) -> dict[str, int]:
-        """How many samples carry each flag."""
-        return {flag: int(getattr(self, flag).sum()) for flag in _FLAGS}
+        """How many samples carry each flag (one reduction for all five, computed once)."""
+        totals = torch.stack([getattr(self, flag) for flag in _FLAGS]).sum(1).tolist()
+        return dict(zip(_FLAGS, totals, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON values: counts, flagged sample indices per flag, and the per-sample values."""
@@ -199,9 +203,16 @@ class OutputChecker:
             want = self.num_classes if self.num_classes is not None else ">= 2"
             return self._broken(expect, batch, classes,
                                 f"outputs have {classes} classes, expected {want}")
-        out = out.detach().to(torch.float64 if out.dtype == torch.float64 else torch.float32)
-        non_finite = ~torch.isfinite(out).all(1)
-        out_of_range = torch.zeros_like(non_finite)
+        if out.requires_grad:
+            out = out.detach()
+        if out.dtype not in (torch.float32, torch.float64):
+            out = out.float()
+        # Few ops on the common path (every row finite): at batch size 1 each torch op costs
+        # more than its arithmetic, and this runs on every request of a server.
+        all_finite = bool(torch.isfinite(out).all())
+        none = torch.zeros(batch, dtype=torch.bool, device=out.device)  # read-only, shared
+        non_finite = none if all_finite else ~torch.isfinite(out).all(1)
+        out_of_range = none
         if self.range is not None:
             out_of_range = ((out < self.range[0]) | (out > self.range[1])).any(1)
         if expect is OutputKind.PROBABILITIES:
@@ -210,19 +221,29 @@ class OutputChecker:
             off_simplex = off | ((out.sum(1) - 1).abs() > self.tol)
         else:
             probs = torch.softmax(out, dim=1)
-            off_simplex = torch.zeros_like(non_finite)
-        finite = ~non_finite
-        probs = torch.where(finite[:, None], probs, torch.full_like(probs, math.nan))
-        top = torch.where(finite[:, None], probs, torch.zeros_like(probs)).topk(2, dim=1)
-        nan = torch.full_like(top.values[:, 0], math.nan)
-        confidence = torch.where(finite, top.values[:, 0], nan)
-        margin = torch.where(finite, top.values[:, 0] - top.values[:, 1], nan)
-        predictions = torch.where(finite, top.indices[:, 0], torch.full_like(top.indices[:, 0], -1))
+            off_simplex = none
+        if all_finite:  # the common case: no row to mask
+            top = probs.topk(2, dim=1)
+            confidence, second = top.values.unbind(1)
+            margin = confidence - second
+            predictions = top.indices[:, 0]
+            low_confidence = confidence < self.min_confidence
+            low_margin = margin < self.min_margin
+        else:
+            finite = ~non_finite
+            probs = torch.where(finite[:, None], probs, torch.full_like(probs, math.nan))
+            top = torch.where(finite[:, None], probs, torch.zeros_like(probs)).topk(2, dim=1)
+            nan = torch.full_like(top.values[:, 0], math.nan)
+            confidence = torch.where(finite, top.values[:, 0], nan)
+            margin = torch.where(finite, top.values[:, 0] - top.values[:, 1], nan)
+            predictions = torch.where(finite, top.indices[:, 0],
+                                      torch.full_like(top.indices[:, 0], -1))
+            low_confidence = finite & (confidence < self.min_confidence)
+            low_margin = finite & (margin < self.min_margin)
         return OutputReport(
             expect=expect, num_samples=batch, num_classes=classes, problems=(),
             non_finite=non_finite, out_of_range=out_of_range, off_simplex=off_simplex,
-            low_confidence=finite & (confidence < self.min_confidence),
-            low_margin=finite & (margin < self.min_margin),
+            low_confidence=low_confidence, low_margin=low_margin,
             probabilities=probs, predictions=predictions, confidence=confidence, margin=margin,
         )
 

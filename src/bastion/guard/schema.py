@@ -74,6 +74,9 @@ class FeatureStats:
     mean: Tensor
     std: Tensor
     z_limit: float
+    # (device, dtype) -> (mean, 1 / std), built once: the request path must not re-convert
+    _scaled: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         mean = torch.as_tensor(self.mean, dtype=torch.float32).detach().cpu().reshape(-1)
@@ -106,6 +109,24 @@ class FeatureStats:
         dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
         z = (flat.to(dtype) - self.mean.to(flat.device, dtype)) / self.std.to(flat.device, dtype)
         return torch.nan_to_num(z, nan=0.0)
+
+    def max_rms(self, flat: Tensor) -> float:
+        """The largest per-sample root-mean-square z-score of finite ``(B, F)`` samples.
+
+        Computed as ``||(x - mean) * (1 / std)|| / sqrt(F)`` with the converted mean and
+        reciprocal std cached per device and dtype: four ops, whatever the batch size.
+        """
+        dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+        key = (flat.device, dtype)
+        pair = self._scaled.get(key)
+        if pair is None:
+            inv_std = (1.0 / self.std.double()).to(flat.device, dtype)
+            pair = (self.mean.to(flat.device, dtype), inv_std)
+            self._scaled[key] = pair
+        mean, inv_std = pair
+        values = flat if flat.dtype == dtype else flat.to(dtype)
+        norms = torch.linalg.vector_norm((values - mean) * inv_std, dim=1)
+        return float(norms.max()) / math.sqrt(flat.shape[1])
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "z_limit": self.z_limit}
@@ -223,7 +244,10 @@ class TensorSchema:
             >>> [v.rule.value for v in schema.validate(torch.zeros(2, 3, 4)).violations]
             ['named_dim']
         """
-        return _checks.build_report(self, _checks.inspect(self, to_tensor(x)), max_violations)
+        tensor = to_tensor(x)
+        if _checks.certainly_valid(self, tensor):
+            return _checks.valid_report(self, tensor)
+        return _checks.build_report(self, _checks.inspect(self, tensor), max_violations)
 
     @classmethod
     def infer(
