@@ -137,7 +137,8 @@ def test_update_schedule_and_errors() -> None:
 
 
 def test_concurrent_updates_keep_the_window_consistent() -> None:
-    mon = PSIDrift(calibration=Calibration(window=64, n_windows=20, test_every=1))
+    # KS keeps raw values in its window (PSI keeps bin indices), so batches stay recognisable
+    mon = KSDrift(calibration=Calibration(window=64, n_windows=20, test_every=1))
     mon.fit(torch.randn(400, 3, generator=torch.Generator().manual_seed(0)))
     batches = [torch.full((8, 3), float(i)) for i in range(40)]
 

@@ -27,11 +27,14 @@ from bastion.guard.monitors._base import Calibration, Monitor, WindowStatistic
 from bastion.guard.monitors._stats import (
     Correction,
     adjust_p_values,
+    bin_index_proportions,
     ks_distances,
     ks_p_values,
     median_bandwidth,
     mmd2_unbiased,
+    psi_bin_indices,
     psi_bins,
+    psi_from_proportions,
     psi_values,
     rbf_offdiagonal_mean,
 )
@@ -145,15 +148,6 @@ class KSDrift(Monitor):
         )
 
 
-def _psi_test(edges: Tensor, reference_props: Tensor, window: Tensor) -> WindowStatistic:
-    values, _ = psi_values(edges, reference_props, None, window)
-    worst = int(values.argmax())
-    return WindowStatistic(
-        statistic=float(values.mean()),
-        detail={"max_psi": float(values[worst]), "feature": worst, "features": values.numel()},
-    )
-
-
 def psi(reference: Tensor, x: Tensor, *, n_bins: int = 10) -> Tensor:
     """Population stability index of each feature of ``x`` against ``reference``.
 
@@ -178,6 +172,10 @@ def psi(reference: Tensor, x: Tensor, *, n_bins: int = 10) -> Tensor:
 class PSIDrift(Monitor):
     """Mean population stability index over features, binned on reference quantiles.
 
+    The bin edges are fitted first (on the statistics part of the reference), so each sample is
+    binned once when it enters the window - the window holds bin indices, and a test only
+    counts them - instead of every value of the window being binned again at every test.
+
     Args:
         n_bins: quantile bins per feature.
         name: the monitor's name.
@@ -196,15 +194,35 @@ class PSIDrift(Monitor):
         self.edges = torch.empty(0)
         self.reference_proportions = torch.empty(0)
 
+    def fit(self, reference: Tensor) -> PSIDrift:
+        """Fit the bin edges on the statistics part of the reference, then as every monitor."""
+        self.edges = torch.empty(0)  # until refitted: raw features, which the base checks
+        flat = _flat(reference) if isinstance(reference, Tensor) and reference.ndim else reference
+        if isinstance(flat, Tensor) and flat.ndim == 2 and flat.shape[0] >= 2:
+            stats_idx, _ = self.calibration.split(flat.shape[0])
+            part = flat[stats_idx.to(flat.device)]
+            if part.shape[0] and bool(torch.isfinite(part).all()):
+                self.edges = psi_bins(part, self.n_bins)
+        return super().fit(reference)  # checks the reference and reports what is wrong
+
     def _features(self, x: Tensor) -> Tensor:
-        return _flat(x)
+        flat = _flat(x)
+        if (self.edges.numel() == 0 or flat.shape[1] != self.edges.shape[0]
+                or not bool(torch.isfinite(flat).all())):
+            return flat  # not fitted, the wrong width or non-finite values: the base reports it
+        return psi_bin_indices(self.edges, flat)
 
     def _fit_reference(self, features: Tensor) -> None:
-        self.edges = psi_bins(features, self.n_bins)
-        _, self.reference_proportions = psi_values(self.edges, None, features, features[:1])
+        self.reference_proportions = bin_index_proportions(features, self.n_bins)
 
     def _test(self, window: Tensor) -> WindowStatistic:
-        return _psi_test(self.edges, self.reference_proportions, window)
+        props = bin_index_proportions(window, self.n_bins)
+        values = psi_from_proportions(self.reference_proportions, props)
+        worst = int(values.argmax())
+        return WindowStatistic(
+            statistic=float(values.mean()),
+            detail={"max_psi": float(values[worst]), "feature": worst, "features": values.numel()},
+        )
 
 
 def mmd2(reference: Tensor, x: Tensor, *, bandwidth: float | None = None) -> Tensor:
