@@ -1,27 +1,34 @@
 """Guard overhead of ``bastion serve``: requests/s and p50/p99 latency, guarded vs bare model.
 
-Both variants run behind the same app (auth, limits, metrics) on loopback, one after the other,
-with the same request bodies. "guarded" adds the input guard (schema + policy), output checks,
-the four default monitors (fed off the request path, window re-tested every 20 samples) and the
-durable SQLite audit log (synchronous=FULL: an fsync per commit, shared by concurrent requests);
-"guard without audit" isolates the audit log's share, "synchronous=NORMAL" shows the opt-in
-setting without the fsync; "bare" is the model alone. ``--clients N`` runs N concurrent clients.
-The monitor update cost per sample is timed in-process. Bounded: ``--requests`` per variant,
-loopback only.
+Every variant runs behind the same app (auth, limits, metrics) on loopback with the same request
+bodies: "bare" is the model alone; "guard, no audit log" adds the input guard (schema + policy),
+the output checks and the four default monitors (fed off the request path); the two "guarded"
+rows add the SQLite audit log, with ``synchronous=NORMAL`` (opt-in: no fsync) and ``FULL`` (the
+durable default: every acknowledged request survives a power cut). FULL minus NORMAL is the
+fsync's share; the raw fsync latency of the disk is timed on its own too.
 
-    python benchmarks/serve.py --requests 400 --batch 1 [--clients 8]
+On a shared machine the load changes while a benchmark runs, so the variants are measured in
+interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
+in turn) and the overhead is the median over rounds of each round's p50 ratio to bare: paired
+rounds see the same load. ``--clients N`` runs N concurrent clients. Bounded: ``--requests``
+per variant, loopback only.
+
+    python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--chunk 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import os
 import platform
 import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,45 +46,50 @@ from bastion.serve.build import ModelSpec, load_model  # noqa: E402
 from conftest import LiveServer  # noqa: E402
 
 
-def measure(
-    pipeline: Pipeline, keys: Path, key: str, bodies: list[bytes], clients: int = 1
-) -> dict[str, float]:
-    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, clients))
-    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
-    with LiveServer(create_app(pipeline, KeyStore.load(keys), config)) as live:
+def send(url: str, headers: dict[str, str], bodies: list[bytes], clients: int) -> list[float]:
+    """Latencies (s) of ``bodies`` sent by ``clients`` concurrent keep-alive clients."""
 
-        def client_run(part: list[bytes]) -> list[float]:
-            nodelay = httpx.HTTPTransport(
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-            out = []
-            with httpx.Client(base_url=live.url, headers=headers, transport=nodelay) as client:
-                for body in part[:5]:  # warm-up
-                    client.post("/v1/predict", content=body)
-                for body in part:
-                    t = time.perf_counter()
-                    r = client.post("/v1/predict", content=body)
-                    out.append(time.perf_counter() - t)
-                    assert r.status_code == 200, r.text
-            return out
+    def client_run(part: list[bytes]) -> list[float]:
+        nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        out = []
+        with httpx.Client(base_url=url, headers=headers, transport=nodelay) as client:
+            client.post("/v1/predict", content=part[0])  # connect
+            for body in part:
+                t = time.perf_counter()
+                r = client.post("/v1/predict", content=body)
+                out.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+        return out
 
-        parts = [bodies[i::clients] for i in range(clients)]
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            latencies = [t for part in pool.map(client_run, parts) for t in part]
-        total = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "rps": len(latencies) / total,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-    }
+    parts = [bodies[i::clients] for i in range(clients)]
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return [t for part in pool.map(client_run, parts) for t in part]
+
+
+def fsync_ms(directory: Path, repeats: int = 200) -> tuple[float, float]:
+    """p50 and p99 (ms) of one small write + fsync in ``directory`` (the disk's part of FULL)."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(repeats):
+            os.write(fd, b"x" * 512)
+            t = time.perf_counter()
+            os.fsync(fd)
+            times.append(1000 * (time.perf_counter() - t))
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--requests", type=int, default=1000, help="per variant")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_mnist5k()
@@ -94,21 +106,47 @@ def main() -> None:
     keys = work / "keys.json"
     key = create_key(keys, "bench")
 
-    def guarded(sync: str | None) -> Pipeline:
-        db = work / f"audit-{time.time_ns()}.db"
-        return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
-                        output_checker=OutputChecker(10),
-                        monitors=default_monitors(data.x_test, ref_logits),
-                        audit=None if sync is None else AuditLog.open(db, synchronous=sync))
+    def guarded(sync: str | None) -> Callable[[], Pipeline]:
+        def make() -> Pipeline:
+            db = work / f"audit-{time.time_ns()}.db"
+            return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
+                            output_checker=OutputChecker(10),
+                            monitors=default_monitors(data.x_test, ref_logits),
+                            audit=None if sync is None else AuditLog.open(db, synchronous=sync))
+        return make
 
-    rows: dict[str, dict[str, float]] = {}
-    for name, make in [("bare", lambda: Pipeline(model=model, schema=schema)),
-                       ("guard without audit", lambda: guarded(None)),
-                       ("guarded, audit synchronous=NORMAL", lambda: guarded("NORMAL")),
-                       ("guarded, audit synchronous=FULL (default)", lambda: guarded("FULL"))]:
-        rows[name] = measure(make(), keys, key, bodies, args.clients)
+    variants: dict[str, Callable[[], Pipeline]] = {
+        "bare model": lambda: Pipeline(model=model, schema=schema),
+        "guard (schema, output checks, 4 monitors), no audit log": guarded(None),
+        "guarded, audit `synchronous=NORMAL` (opt-in, no fsync)": guarded("NORMAL"),
+        "guarded, audit `synchronous=FULL` (default, fsync)": guarded("FULL"),
+    }
+    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, args.clients))
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    load_before = os.getloadavg()
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    round_p50: dict[str, list[float]] = {name: [] for name in variants}
+    seconds: dict[str, float] = dict.fromkeys(variants, 0.0)
+    with contextlib.ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(LiveServer(create_app(make(), KeyStore.load(keys),
+                                                            config))).url
+            for name, make in variants.items()
+        }
+        for url in urls.values():  # warm-up: imports, first allocations, connections
+            send(url, headers, bodies[:20], args.clients)
+        for start in range(0, args.requests, args.chunk):
+            chunk = bodies[start : start + args.chunk]
+            for name, url in urls.items():
+                began = time.perf_counter()
+                got = send(url, headers, chunk, args.clients)
+                seconds[name] += time.perf_counter() - began
+                latencies[name] += got
+                round_p50[name].append(statistics.median(got))
+    load_after = os.getloadavg()
+    fsync_p50, fsync_p99 = fsync_ms(work)
     suite = default_monitors(data.x_test, ref_logits)
-    batch = x[: 50]
+    batch = x[:50]
     with torch.no_grad():
         logits = model(batch)
     for _ in range(5):
@@ -118,17 +156,29 @@ def main() -> None:
         suite.update(batch, logits)
     per_sample_us = 1e6 * (time.perf_counter() - t) / (40 * len(batch))
 
+    rounds = len(round_p50["bare model"])
     print(f"python benchmarks/serve.py --requests {args.requests} --batch {args.batch} "
-          f"--clients {args.clients} — "
+          f"--clients {args.clients} --chunk {args.chunk} — "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
-          f"torch {torch.__version__}, 1 torch thread, {args.clients} client(s) on loopback\n")
-    print("| variant | req/s | p50 ms | p99 ms | p50 vs bare |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    base = rows["bare"]["p50_ms"]
-    for name, r in rows.items():
-        print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{100 * (r['p50_ms'] / base - 1):+.0f}% |")
-    print(f"\nmonitor update (4 default monitors, window 200, batches of 50): "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 torch thread, {args.clients} "
+          f"client(s) on loopback; {rounds} interleaved rounds; load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+    print("| variant | batch | clients | req/s | p50 ms | p99 ms | p50 vs bare (median of rounds) "
+          "| per-round range |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = round_p50["bare model"]
+    for name, lat in latencies.items():
+        lat.sort()
+        ratios = [v / b - 1 for v, b in zip(round_p50[name], base, strict=True)]
+        vs = "—" if name == "bare model" else f"{100 * statistics.median(ratios):+.0f}%"
+        spread = "—" if name == "bare model" else (
+            f"{100 * min(ratios):+.0f}% … {100 * max(ratios):+.0f}%")
+        print(f"| {name} | {args.batch} | {args.clients} | {len(lat) / seconds[name]:.0f} | "
+              f"{1000 * statistics.median(lat):.2f} | "
+              f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} |")
+    print(f"\nfsync of a 512-byte append in the audit log's directory: p50 {fsync_p50:.2f} ms, "
+          f"p99 {fsync_p99:.2f} ms")
+    print(f"monitor update (4 default monitors, window 200, batches of 50): "
           f"{per_sample_us:.1f} µs per sample")
 
 

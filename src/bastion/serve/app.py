@@ -42,10 +42,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bastion._version import __version__
 from bastion.serve.auth import KeyStore
 from bastion.serve.config import ServeConfig
-from bastion.serve.limits import BodySizeLimit, RateLimiter, Refusal, read_body, run_bounded
+from bastion.serve.limits import (
+    BodySizeLimit,
+    Gate,
+    RateLimiter,
+    Refusal,
+    read_body,
+    run_bounded,
+)
 from bastion.serve.metrics import CONTENT_TYPE, ServerMetrics
 from bastion.serve.payload import PredictRequest, parse_predict
-from bastion.serve.pipeline import Pipeline
+from bastion.serve.pipeline import Inference, Pipeline
 
 __all__ = ["create_app"]
 
@@ -176,26 +183,38 @@ def create_app(
         """Classify one batch through the guard; the audit row is written before the answer."""
         rid = request.state.request_id
         body = await read_body(request.stream(), config.max_body_bytes)
+        gate = Gate()
 
-        def compute() -> Any:
-            batch = parse_predict(body, pipeline.schema, max_batch=config.max_batch)
-            return pipeline.infer(batch)
+        def compute() -> tuple[Inference, dict[str, Any]] | None:
+            # Parse, guard and run, then commit on this same thread (monitors, audit row)
+            # unless the request timed out first: one hand-off between threads per request.
+            try:
+                batch = parse_predict(body, pipeline.schema, max_batch=config.max_batch)
+                inference = pipeline.infer(batch)
+            except Refusal as refusal:
+                if gate.enter():
+                    pipeline.record_refusal(
+                        request_id=rid, body=body, refusal=refusal, api_key=key_name
+                    )
+                raise
+            if not gate.enter():
+                return None  # the client has its 503: nothing may be recorded as answered
+            return inference, pipeline.commit(
+                request_id=rid, body=body, inference=inference, api_key=key_name
+            )
 
         try:
-            inference = await run_bounded(pools.infer, config.timeout_seconds, compute)
+            done = await run_bounded(pools.infer, config.timeout_seconds, compute, gate=gate)
         except Refusal as refusal:
-            record = functools.partial(
-                pipeline.record_refusal,
-                request_id=rid, body=body, refusal=refusal, api_key=key_name,
-            )
-            await _on(pools.commit, record)
+            if not gate.entered:  # timed out before the worker recorded anything
+                record = functools.partial(
+                    pipeline.record_refusal,
+                    request_id=rid, body=body, refusal=refusal, api_key=key_name,
+                )
+                await _on(pools.commit, record)
             raise
-        checks = await _on(
-            pools.commit,
-            lambda: pipeline.commit(
-                request_id=rid, body=body, inference=inference, api_key=key_name
-            ),
-        )
+        assert done is not None  # None only when abandoned, and then run_bounded refused
+        inference, checks = done
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)
         return {
@@ -215,12 +234,14 @@ def create_app(
 class _Pools:
     """The threads of one app run (created at startup, so an app can be started again).
 
-    ``infer`` runs parsing, the guard and the model (abandoned on timeout); ``commit`` hands
-    batches to the monitors' thread and waits for the audit row's commit. It has several threads
-    so that concurrent requests' rows can share one group commit (one fsync); they mostly wait.
+    ``infer`` runs parsing, the guard, the model and then, on the same thread, the commit (the
+    batch handed to the monitors' thread, the audit row) unless the request timed out first
+    (see :class:`~bastion.serve.limits.Gate`); concurrent requests' rows share one group commit.
+    ``commit`` runs what must not block the event loop otherwise: ``/v1/monitor`` (which waits
+    for the monitors) and the audit rows of requests refused by their timeout.
     """
 
-    COMMIT_THREADS = 16
+    COMMIT_THREADS = 4
 
     def __init__(self, workers: int) -> None:
         self.workers = workers

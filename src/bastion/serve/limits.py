@@ -16,7 +16,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["BodySizeLimit", "RateLimiter", "Refusal", "TokenBucket", "read_body", "run_bounded"]
+__all__ = [
+    "BodySizeLimit",
+    "Gate",
+    "RateLimiter",
+    "Refusal",
+    "TokenBucket",
+    "read_body",
+    "run_bounded",
+]
 
 T = TypeVar("T")
 Scope = dict[str, Any]
@@ -164,18 +172,60 @@ async def read_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(parts)
 
 
+class Gate:
+    """Decides, once, whether a request's work commits or is abandoned to its timeout.
+
+    The worker calls :meth:`enter` before it writes anything that must match the answer (the
+    audit row); the event loop calls :meth:`abandon` when the timeout expires. Whichever comes
+    first wins: a worker that entered finishes and the answer is sent even if late; a request
+    abandoned first gets its 503 and its worker writes nothing.
+
+    Example:
+        >>> gate = Gate()
+        >>> gate.enter(), gate.abandon(), gate.entered
+        (True, False, True)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entered = False
+        self.abandoned = False
+
+    def enter(self) -> bool:
+        """True (and the commit is on) unless the request was abandoned already."""
+        with self._lock:
+            if not self.abandoned:
+                self.entered = True
+            return self.entered
+
+    def abandon(self) -> bool:
+        """True (and the worker will commit nothing) unless the worker entered already."""
+        with self._lock:
+            if not self.entered:
+                self.abandoned = True
+            return self.abandoned
+
+
 async def run_bounded(
-    executor: concurrent.futures.Executor, timeout: float, fn: Callable[[], T]
+    executor: concurrent.futures.Executor,
+    timeout: float,
+    fn: Callable[[], T],
+    *,
+    gate: Gate | None = None,
 ) -> T:
     """Run ``fn`` on ``executor``; a 503 :class:`Refusal` when it takes over ``timeout`` seconds.
 
     The worker thread cannot be interrupted; it finishes in the background and its result is
-    dropped, which is why the caller must not commit anything from inside ``fn``.
+    dropped. Without a ``gate`` the caller must not commit anything from inside ``fn``; with
+    one, ``fn`` may commit after ``gate.enter()`` returned True, and the timeout then waits for
+    it (the work is done; only its commit remains) instead of refusing.
     """
     future = asyncio.get_running_loop().run_in_executor(executor, fn)
     try:
-        return await asyncio.wait_for(future, timeout)
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
+        if gate is not None and not gate.abandon():
+            return await future  # the worker is committing: the answer stands
         raise Refusal(
             503,
             "inference_timeout",

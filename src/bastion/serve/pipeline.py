@@ -94,6 +94,7 @@ class Pipeline:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.schema, self.guard, self.name = schema, guard, name
+        self._policy = "" if guard is None else InvalidDataPolicy.parse(guard.policy).value
         self.output_checker, self.monitors, self.audit = output_checker, monitors, audit
         self._lock = threading.Lock()
         self.alerts = alerts
@@ -106,66 +107,76 @@ class Pipeline:
             else None
         )
 
+    @property
+    def commit_blocks(self) -> bool:
+        """Whether :meth:`commit` may block (an audit write, or monitors on the request path);
+        otherwise it only hands the batch to the monitors' thread and may run anywhere."""
+        return self.audit is not None or (self.monitors is not None and self._worker is None)
+
     def infer(self, batch: Tensor) -> Inference:
         """Guard, run and check one batch (no side effects).
 
         Raises:
-            Refusal: 422 when the input guard rejects the batch, naming every violation.
+            Refusal: 422 when the input guard rejects the batch, naming every violation; 500
+                when the model's outputs fail the output checks.
         """
         checks: dict[str, Any] = {}
         if self.guard is not None:
-            policy = InvalidDataPolicy.parse(self.guard.policy).value
             result = self.guard.guard(batch, raise_on_reject=False)
+            report = result.report
             if result.rejected:
                 raise Refusal(
                     422,
                     "invalid_input",
                     f"input rejected by schema {self.schema.name!r} "
-                    f"(policy {policy}): {result.report.summary()}",
-                    detail=[v.to_dict() for v in result.report.violations],
+                    f"(policy {self._policy}): {report.summary()}",
+                    detail=[v.to_dict() for v in report.violations],
                 )
             batch = result.x
             checks["input"] = {
-                "policy": policy,
-                "valid": result.report.ok,
-                "summary": result.report.summary(),
-                "violations": [v.to_dict() for v in result.report.violations],
+                "policy": self._policy,
+                "valid": report.ok,
+                "summary": report.summary(),
+                "violations": [v.to_dict() for v in report.violations],
                 "actions": [a.to_dict() for a in result.actions],
             }
         with torch.no_grad():
             logits = self.model(batch)
-        probabilities = None
         if self.output_checker is not None:
-            report = self.output_checker.check(logits)
-            counts = report.counts
+            out = self.output_checker.check(logits)
+            counts = out.counts
             checks["output"] = {
-                "ok": report.ok,
-                "problems": list(report.problems),
+                "ok": out.ok,
+                "problems": list(out.problems),
                 "counts": counts,
                 "flagged": {  # only the flags raised (not the whole report: it is per request)
-                    flag: getattr(report, flag).nonzero()[:, 0].tolist()
+                    flag: getattr(out, flag).nonzero()[:, 0].tolist()
                     for flag, n in counts.items()
                     if n
                 },
             }
-            if not report.ok:  # never send NaN or a malformed answer on; a model fault: 500
+            if not out.ok:  # never send NaN or a malformed answer on; a model fault: 500
                 raise Refusal(
                     500,
                     "output_check_failed",
                     "the model's outputs failed the output checks: "
-                    + (", ".join(report.problems) or f"{report.counts}"),
+                    + (", ".join(out.problems) or f"{counts}"),
                 )
-            probabilities = report.probabilities
-        if probabilities is None:
+            # the checks passed: every row is finite, so its softmax and top-1 can be reused
+            assert out.probabilities is not None and out.predictions is not None
+            probabilities, predictions = out.probabilities, out.predictions
+        else:
             probabilities = torch.softmax(logits.double(), dim=-1)
-        probabilities = probabilities.float()
-        if not bool(torch.isfinite(probabilities).all()):
-            raise Refusal(500, "output_check_failed", "the model produced non-finite outputs")
+            if not bool(torch.isfinite(probabilities).all()):
+                raise Refusal(500, "output_check_failed", "the model produced non-finite outputs")
+            predictions = probabilities.argmax(dim=-1)
+        if probabilities.dtype != torch.float32:
+            probabilities = probabilities.float()
         return Inference(
             inputs=batch,
             logits=logits,
             probabilities=probabilities,
-            predictions=probabilities.argmax(dim=-1),
+            predictions=predictions,
             checks=checks,
         )
 
