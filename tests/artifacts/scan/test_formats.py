@@ -141,3 +141,27 @@ def test_pt2_archive_benign_and_with_pickled_member(tmp_path: Path) -> None:
                 body = payload_pickle(tmp_path / "MARKER")  # a weight saved with use_pickle
             dst.writestr(info, body)
     assert scan_file(evil).verdict is Verdict.UNSAFE
+
+
+def test_pt2_raw_weights_that_start_like_an_opcode_are_tensor_bytes(tmp_path: Path) -> None:
+    """Regression: a .pt2 weight file is read by torch.export.load as raw bytes when its config
+    says use_pickle=false; a bias whose first byte is LONG_BINGET ('j') was walked as a pickle
+    and reported as a memo bomb."""
+    import io
+
+    import torch
+
+    from bastion.artifacts.scan import Verdict, scan_file
+
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        raw = bytearray(model.bias.detach().numpy().tobytes())
+        raw[0:2] = b"ji"  # LONG_BINGET with a huge memo index, as opcodes
+        model.bias.copy_(torch.frombuffer(raw, dtype=torch.float32))
+    program = torch.export.export(model, (torch.zeros(1, 4),))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    path = tmp_path / "linear.pt2"
+    path.write_bytes(buffer.getvalue())
+    report = scan_file(path)
+    assert report.verdict is Verdict.SAFE, [f.detail for f in report.findings]

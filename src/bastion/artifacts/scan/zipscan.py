@@ -9,6 +9,8 @@ a file is never reported safe.
 
 from __future__ import annotations
 
+import json
+
 import struct
 from typing import Any
 
@@ -115,6 +117,9 @@ def _storage_members(buf: memoryview, members: Any, ctx: ScanContext, loc: str) 
     """
     names: set[str] = set()
     for member in members:
+        if member.name.endswith(_PT2_CONFIGS):
+            names |= _pt2_raw_members(buf, member, ctx, loc)
+            continue
         if not (member.name == "data.pkl" or member.name.endswith("/data.pkl")):
             continue
         content = _member_bytes(buf, member, ScanContext(ctx.policy, ctx.limits), loc)
@@ -125,6 +130,37 @@ def _storage_members(buf: memoryview, members: Any, ctx: ScanContext, loc: str) 
         for pid in walk.persistent_ids:
             if isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage":
                 names.add(f"{prefix}data/{pid[2]}")
+    return names
+
+
+_PT2_CONFIGS = ("data/weights/model_weights_config.json",
+                "data/constants/model_constants_config.json")
+
+
+def _pt2_raw_members(buf: memoryview, member: Any, ctx: ScanContext, loc: str) -> set[str]:
+    """The raw tensor files a ``torch.export`` archive's weights/constants config names.
+
+    Entries with ``use_pickle: false`` are read by ``torch.export.load`` as plain tensor bytes
+    (``torch.frombuffer``); entries with ``use_pickle: true`` are unpickled, so they stay
+    ordinary members that are scanned as pickles. A config that does not parse names nothing.
+    """
+    content = _member_bytes(buf, member, ScanContext(ctx.policy, ctx.limits), loc)
+    if content is None or len(content) > 16 * 2**20:
+        return set()
+    try:
+        config = json.loads(bytes(content).decode("utf-8")).get("config")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return set()
+    if not isinstance(config, dict):
+        return set()
+    folder = member.name.rsplit("/", 1)[0]
+    names: set[str] = set()
+    for entry in config.values():
+        if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+            continue
+        path = entry.get("path_name")
+        if isinstance(path, str) and path and "/" not in path and path not in (".", ".."):
+            names.add(f"{folder}/{path}")
     return names
 
 
