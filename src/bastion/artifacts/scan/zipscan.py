@@ -10,7 +10,6 @@ a file is never reported safe.
 from __future__ import annotations
 
 import json
-
 import struct
 from typing import Any
 
