@@ -3,6 +3,7 @@ when the probe breaks one (bastion.evaluate.curves)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,3 +62,34 @@ def test_black_box_alone_runs_on_every_sample() -> None:
     result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), "square",
                         sanity=False, progress=False)
     assert result.attacks[0].attacked == 200 and result.attacks[0].note == ""
+
+
+def test_the_default_ensemble_probes_its_tails_and_full_does_not() -> None:
+    from bastion.evaluate.ensemble import default_ensemble
+
+    threat = ThreatModel(eps=0.1)
+    fast = [f(threat) for f in default_ensemble(10)[0]]
+    full = [f(threat) for f in default_ensemble(10, full=True)[0]]
+    assert [getattr(a, "targeted_classes", 0) for a in fast] == [0, 3, 6, 0]
+    assert [getattr(a, "skip_targets", 0) for a in fast] == [0, 0, 3, 0]
+    assert [getattr(a, "targeted_classes", 0) for a in full] == [0, 9, 0]
+    # together the two APGD-T stages try exactly AutoAttack's 9 targets
+    x, y = _data()
+    result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), "full",
+                        sanity=False, progress=False)
+    assert all(a.attacked == 200 for a in result.attacks)  # no probe anywhere
+
+
+@pytest.mark.parametrize(
+    ("broken", "total", "passed"),
+    [(0, 100, True), (1, 100, True), (2, 100, False), (2, 1000, True), (3, 1000, False),
+     (1, 10, True)],
+)
+def test_black_box_check_follows_autoattack_but_forgives_one_sample(
+    broken: int, total: int, passed: bool
+) -> None:
+    from bastion.evaluate.sanity import black_box_check
+
+    check = black_box_check(total=total, black_box_after_white_box=broken)
+    assert check.passed is passed
+    assert ("not trusted" in check.detail) is not passed

@@ -49,7 +49,8 @@ def evaluate(
     ),
     attacks: str = typer.Option(
         "default", "--attacks", metavar="NAMES",
-        help="Comma-separated: default, fgsm, pgd, mi-fgsm, apgd-ce, apgd-dlr, apgd-t, square, "
+        help="Comma-separated: default (fast cascade with probes), full (every stage on every "
+        "survivor), fgsm, pgd, mi-fgsm, apgd-ce, apgd-dlr, apgd-t, square, "
         "deepfool, cw.",
     ),
     baseline: str | None = typer.Option(

@@ -6,12 +6,13 @@ smaller eps is not attacked again, since its adversarial example lies inside eve
 too (the balls are nested). So the curve is monotone by construction and costs little more than
 its largest eps alone; the sanity checks test monotonicity independently.
 
-A black-box attack that follows white-box attacks in the cascade is, on a model whose gradients
-are honest, a check rather than a source of breaks: it almost never finds a sample that APGD
-missed (Croce & Hein 2020), yet on robust samples it spends its whole query budget. So it first
-runs on a seeded random *probe* of the survivors (``black_box_probe`` samples); only when it
-breaks one of them does it run on all the others, and then it counts in full. Either way the
-report says what it did. A black box alone, or first, always runs on every sample.
+A stage that refines earlier ones (:func:`~bastion.evaluate.ensemble.is_probe_stage`: a black
+box after white-box attacks, an APGD-T on the targets an earlier APGD-T skipped) rarely finds a
+sample the earlier stages missed on a model whose gradients are honest (Croce & Hein 2020), yet
+on robust samples it spends its whole budget. So it first runs on a seeded random *probe* of the
+survivors (``black_box_probe`` samples); only when it breaks one of them does it run on all the
+others, and then it counts in full. Either way the report says what it did. A black box alone,
+or first, always runs on every sample; ``black_box_probe=None`` turns probing off.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from bastion.attacks import Attack
 from bastion.core.modes import frozen_eval
 from bastion.core.progress import task_progress
 from bastion.core.threat import ThreatModel
-from bastion.evaluate.ensemble import AttackFactory, attack_label, dlr_note, is_black_box
+from bastion.evaluate.ensemble import (
+    AttackFactory,
+    attack_label,
+    dlr_note,
+    is_black_box,
+    is_probe_stage,
+)
 from bastion.evaluate.results import AdversarialExample
 
 __all__ = ["AttackRun", "PointRun", "predict", "run_curve"]
@@ -115,8 +122,8 @@ def run_curve(
 ) -> list[PointRun]:
     """Run the cascade at every eps of ``points`` (sorted ascending), reusing broken samples.
 
-    ``black_box_probe``: survivors a black-box attack placed after a white-box one tries first
-    (None: all of them at once); see the module docstring.
+    ``black_box_probe``: survivors a refining stage tries first (None: all of them at once);
+    see the module docstring.
     """
     alive = clean_pred == y
     runs: list[PointRun] = []
@@ -139,8 +146,8 @@ def run_curve(
                 if note is not None:
                     record.note = note
                 elif eps > 0:
-                    probe = black_box_probe if record.black_box and any(
-                        not r.black_box for r in attack_runs[:-1]) else None
+                    probe = black_box_probe if is_probe_stage(
+                        attack, [r.attack for r in attack_runs[:-1]]) else None
                     _attack_alive(model, x, y, clean_pred, alive, point_threat, record,
                                   batch_size, examples, want, probe=probe, seed=seed)
                 record.alive_after = int(alive.sum())

@@ -62,6 +62,7 @@ def robustness(
     examples: int = 8,
     adaptive: bool = True,
     eot_samples: int = 10,
+    probe: int | None = 64,
 ) -> RobustnessResult:
     """Evaluate ``model`` against an attack ensemble: worst case per sample.
 
@@ -89,6 +90,10 @@ def robustness(
             argmax of logits averaged over ``eot_samples`` passes; BPDA modules are noted.
             False attacks and judges the model as it is, one pass at a time.
         eot_samples: k, the passes each EOT gradient and each judged prediction averages.
+        probe: survivors a refining stage of the cascade (Square after white-box attacks,
+            APGD-T on the less likely targets) attacks first, running on all of them only when
+            it breaks one (:mod:`bastion.evaluate.curves`); None, or ``attacks="full"``, runs
+            every stage on every survivor.
 
     Returns:
         A :class:`RobustnessResult`.
@@ -115,7 +120,7 @@ def robustness(
             f"threat must be a bastion.ThreatModel, got {type(threat).__name__}"
         )
     for field, value in (("batch_size", batch_size), ("sanity_samples", sanity_samples),
-                         ("eot_samples", eot_samples)):
+                         ("eot_samples", eot_samples), ("probe", 1 if probe is None else probe)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{field} must be a positive integer, got {value!r}")
     start = time.perf_counter()
@@ -142,7 +147,8 @@ def robustness(
     runs = run_curve(
         judged, x, y, clean_pred, factories, threat, points,
         num_classes=num_classes, batch_size=batch_size, examples_at=threat.eps,
-        max_examples=examples, progress=progress,
+        max_examples=examples, progress=progress, seed=seed,
+        black_box_probe=None if _is_full(attacks) else probe,
     )
     main = next(r for r in runs if r.eps == threat.eps)
     if main.carried:
@@ -167,6 +173,7 @@ def robustness(
             baseline, (x, y), threat, attacks, eps=eps, batch_size=batch_size, seed=seed,
             sanity=sanity, sanity_samples=sanity_samples, progress=progress,
             name=baseline_name, examples=examples, adaptive=adaptive, eot_samples=eot_samples,
+            probe=probe,
         )
     return RobustnessResult(
         model=name,
@@ -244,6 +251,12 @@ def _factories(spec: AttacksSpec, num_classes: int, seed: int) -> tuple[
     if not factories:
         factories, notes = default_ensemble(num_classes)
     return factories, notes
+
+
+def _is_full(spec: AttacksSpec) -> bool:
+    names = spec.split(",") if isinstance(spec, str) else [s for s in spec if isinstance(s, str)]
+    return any(n.strip().lower() == "full" for n in names) or any(
+        s is AttackName.FULL for s in (spec if not isinstance(spec, str) else ()))
 
 
 def _rebuilder(attack: Attack) -> AttackFactory:

@@ -196,6 +196,10 @@ def black_box_check(
 ) -> SanityCheck:
     """Square must not break more than 0.2 points of the samples the white-box attacks missed.
 
+    AutoAttack's threshold, with one allowance: a single sample never fails the check. Below 500
+    samples 0.2 points is less than one sample, so one lucky query would flag every small
+    evaluation of an honest model; two or more breaks over the threshold still do.
+
     ``black_box_after_white_box`` is that count from the cascade when the ensemble ran a black-box
     attack after white-box ones; otherwise Square (1,000 queries) is run on ``x_survivors``.
     """
@@ -215,8 +219,9 @@ def black_box_check(
         count = black_box_after_white_box
         how = f"the black-box attack broke {count} samples every white-box attack missed"
     share = count / max(1, total)
-    passed = share <= _BLACK_BOX_POINTS
-    detail = f"{how} ({share:.2%} of {total}; at most {_BLACK_BOX_POINTS:.1%} allowed)"
+    passed = share <= _BLACK_BOX_POINTS or count <= 1
+    detail = (f"{how} ({share:.2%} of {total}; at most {_BLACK_BOX_POINTS:.1%} or one sample "
+              "allowed)")
     if not passed:
         detail += ": the white-box evaluation is not trusted"
     return SanityCheck(check=name, passed=passed, detail=detail)
