@@ -10,8 +10,9 @@ fsync's share; the raw fsync latency of the disk is timed on its own too.
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
 interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
 in turn) and the overhead is the median over rounds of each round's p50 ratio to bare: paired
-rounds see the same load. ``--clients N`` runs N concurrent clients. Bounded: ``--requests``
-per variant, loopback only.
+rounds see the same load. Clients run in a process of their own (``--clients N``: N concurrent
+keep-alive clients), as real clients do; req/s is requests over the clients' busy time. Bounded:
+``--requests`` per variant, loopback only.
 
     python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--chunk 100]
 """
@@ -19,19 +20,18 @@ per variant, loopback only.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
+import json
 import os
 import platform
-import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
@@ -45,25 +45,41 @@ from bastion.serve._stages import default_monitors  # noqa: E402
 from bastion.serve.build import ModelSpec, load_model  # noqa: E402
 from conftest import LiveServer  # noqa: E402
 
+_CLIENT = r"""
+import concurrent.futures, json, socket, sys, time
+import httpx
+url, key, path, start, stop, clients = sys.argv[1:7]
+bodies = open(path, "rb").read().split(b"\n")[int(start):int(stop)]
+headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+def run(part):
+    nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    out = []
+    with httpx.Client(base_url=url, headers=headers, transport=nodelay) as client:
+        client.post("/v1/predict", content=part[0])  # connect
+        for body in part:
+            t = time.perf_counter()
+            r = client.post("/v1/predict", content=body)
+            out.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+    return out
+n = int(clients)
+with concurrent.futures.ThreadPoolExecutor(n) as pool:
+    parts = [bodies[i::n] for i in range(n)]
+    print(json.dumps([t for part in pool.map(run, parts) for t in part]))
+"""
 
-def send(url: str, headers: dict[str, str], bodies: list[bytes], clients: int) -> list[float]:
-    """Latencies (s) of ``bodies`` sent by ``clients`` concurrent keep-alive clients."""
 
-    def client_run(part: list[bytes]) -> list[float]:
-        nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        out = []
-        with httpx.Client(base_url=url, headers=headers, transport=nodelay) as client:
-            client.post("/v1/predict", content=part[0])  # connect
-            for body in part:
-                t = time.perf_counter()
-                r = client.post("/v1/predict", content=body)
-                out.append(time.perf_counter() - t)
-                assert r.status_code == 200, r.text
-        return out
-
-    parts = [bodies[i::clients] for i in range(clients)]
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        return [t for part in pool.map(client_run, parts) for t in part]
+def send(url: str, key: str, bodies: Path, start: int, stop: int, clients: int) -> list[float]:
+    """Latencies (s) of the request bodies ``start:stop`` (lines of ``bodies``), sent by
+    ``clients`` keep-alive clients in a process of their own: a client in the server's process
+    would compete with it for the interpreter lock, which no real client does."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CLIENT, url, key, str(bodies), str(start), str(stop),
+         str(clients)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    latencies: list[float] = json.loads(out.stdout)
+    return latencies
 
 
 def fsync_ms(directory: Path, repeats: int = 200) -> tuple[float, float]:
@@ -105,6 +121,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     keys = work / "keys.json"
     key = create_key(keys, "bench")
+    bodies_file = work / "bodies.jsonl"
+    bodies_file.write_bytes(b"\n".join(bodies))
 
     def guarded(sync: str | None) -> Callable[[], Pipeline]:
         def make() -> Pipeline:
@@ -122,7 +140,6 @@ def main() -> None:
         "guarded, audit `synchronous=FULL` (default, fsync)": guarded("FULL"),
     }
     config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, args.clients))
-    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
     load_before = os.getloadavg()
     latencies: dict[str, list[float]] = {name: [] for name in variants}
     round_p50: dict[str, list[float]] = {name: [] for name in variants}
@@ -133,14 +150,13 @@ def main() -> None:
                                                             config))).url
             for name, make in variants.items()
         }
-        for url in urls.values():  # warm-up: imports, first allocations, connections
-            send(url, headers, bodies[:20], args.clients)
+        for url in urls.values():  # warm-up: first allocations and monitor updates
+            send(url, key, bodies_file, 0, 20, args.clients)
         for start in range(0, args.requests, args.chunk):
-            chunk = bodies[start : start + args.chunk]
+            stop = min(start + args.chunk, args.requests)
             for name, url in urls.items():
-                began = time.perf_counter()
-                got = send(url, headers, chunk, args.clients)
-                seconds[name] += time.perf_counter() - began
+                got = send(url, key, bodies_file, start, stop, args.clients)
+                seconds[name] += sum(got) / args.clients  # busy time, without process start-up
                 latencies[name] += got
                 round_p50[name].append(statistics.median(got))
     load_after = os.getloadavg()
