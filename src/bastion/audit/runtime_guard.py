@@ -403,7 +403,8 @@ def _section(
         output_checks=output_checks,
         alert_rules=tuple(alerts.to_dict()["rules"]),
         checks=tuple(checks),
-        advice=tuple(_advice(monitors, shifts, alerts)),
+        advice=tuple(_advice(monitors, shifts, alerts, len(stages.reference),
+                             stages.monitors.monitors[0].calibration.reference_fraction)),
         seconds=time.perf_counter() - start,
     )
 
@@ -443,8 +444,8 @@ def _checks(probes: Sequence[ProbeResult], monitors: Sequence[MonitorAudit],
     return checks
 
 
-def _advice(monitors: Sequence[MonitorAudit], shifts: Sequence[ShiftResult],
-            alerts: Any) -> list[str]:
+def _advice(monitors: Sequence[MonitorAudit], shifts: Sequence[ShiftResult], alerts: Any,
+            reference_size: int, calibration_fraction: float) -> list[str]:
     advice: list[str] = []
     for s in shifts:
         if s.schema_rejected < _FIRES and not s.monitors_fired:
@@ -459,6 +460,19 @@ def _advice(monitors: Sequence[MonitorAudit], shifts: Sequence[ShiftResult],
         if not m.calibrated:
             advice.append(f"Monitor {m.name} alarms more often on clean data than calibrated: "
                           "calibrate on more reference data (--reference) or lower its rate.")
+    high = [m for m in monitors if m.calibrated
+            and m.measured_false_alarm_rate > 1.3 * m.target_false_alarm_rate]
+    if high:
+        held = int(reference_size * (1 - calibration_fraction))
+        window = high[0].window
+        advice.append(
+            f"{', '.join(m.name for m in high)} alarm on "
+            f"{', '.join(f'{m.measured_false_alarm_rate:.1%}' for m in high)} of held-out clean "
+            f"windows against a {high[0].target_false_alarm_rate:.0%} target (within tolerance): "
+            f"their thresholds come from windows of {window} drawn out of only {held} held-out "
+            "reference samples, which vary less than fresh windows do, so thresholds tend to run "
+            "low. A larger --reference set brings them closer to the target."
+        )
     rate = max((m.target_false_alarm_rate for m in monitors), default=0.0)
     stride = min((m.test_every for m in monitors), default=1)
     if rate:
