@@ -34,9 +34,11 @@ from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result, to_jsonable
 
-__all__ = ["OutputChecker", "OutputKind", "OutputReport"]
+__all__ = ["FLAGS", "OutputChecker", "OutputKind", "OutputReport"]
 
-_FLAGS = ("non_finite", "out_of_range", "off_simplex", "low_confidence", "low_margin")
+FLAGS = ("non_finite", "out_of_range", "off_simplex", "low_confidence", "low_margin")
+"""The per-sample flags of an :class:`OutputReport`, in the order of its ``counts``."""
+_FLAGS = FLAGS
 
 
 class OutputKind(str, enum.Enum):

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion._version import __version__
+from bastion.guard.outputs import FLAGS
 from bastion.serve.auth import KeyStore
 from bastion.serve.config import ServeConfig
 from bastion.serve.limits import (
@@ -133,6 +134,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics, app.state.pipeline = metrics, pipeline
+    if pipeline.output_checker is not None:
+        for flag in FLAGS:
+            metrics.output_flags.labels(flag=flag)  # shown at 0 until a sample is flagged
 
     async def authenticate(
         request: Request, credentials: HTTPAuthorizationCredentials | None = _BEARER
@@ -267,7 +271,8 @@ def _count_checks(metrics: ServerMetrics, checks: dict[str, Any]) -> None:
     output = checks.get("output")
     if isinstance(output, dict):
         for flag, count in (output.get("counts") or {}).items():
-            metrics.output_flags.labels(flag=str(flag)).inc(int(count))
+            if count:  # every flag's series exists from the start (create_app), at 0
+                metrics.output_flags.labels(flag=str(flag)).inc(int(count))
 
 
 def _add_docs(app: FastAPI, authenticate: Callable[..., Awaitable[str]], public: bool) -> None:
