@@ -21,6 +21,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -159,35 +160,25 @@ def part_b(
 
 
 def adversarially_trained(
-    x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device, epochs: int
+    x: torch.Tensor, y: torch.Tensor, eps: float, device: torch.device, epochs: int,
+    path: Path | None,
 ) -> nn.Module:
-    """PGD-10 adversarial training (Madry et al.) of the demo architecture, seeded."""
+    """PGD-10 adversarial training (Madry et al.) of the demo architecture with
+    ``bastion.train.fit``, seeded; or the weights at ``path`` (e.g. from benchmarks/adv_train.py
+    --save-dir, ``pgd.safetensors``)."""
+    from bastion.train import TrainConfig, fit
     from bastion.zoo import DemoCNN
 
     torch.manual_seed(0)
     model = DemoCNN().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    attack = PGD(
-        threat=ThreatModel(norm="linf", eps=eps), steps=10, step_size=eps / 4, early_stop=False
-    )
-    gen = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
-        warm = min(1.0, (epoch + 1) / max(1, epochs // 3))  # eps warm-up
-        attack_e = PGD(
-            threat=ThreatModel(norm="linf", eps=eps * warm),
-            steps=10,
-            step_size=eps * warm / 4,
-            early_stop=False,
-        )
-        perm = torch.randperm(x.shape[0], generator=gen).to(device)
-        for i in range(0, x.shape[0], 100):
-            idx = perm[i : i + 100]
-            x_adv = attack_e(model, x[idx], y[idx])
-            model.train()
-            opt.zero_grad()
-            F.cross_entropy(model(x_adv), y[idx]).backward()
-            opt.step()
-    del attack
+    if path is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    config = TrainConfig(method="pgd", threat=ThreatModel(norm="linf", eps=eps), epochs=epochs,
+                         batch_size=100, lr=5e-3, schedule="cyclic", pgd_steps=10, seed=0)
+    fit(model, (x, y), config=config, progress=False)
     return model.eval()
 
 
@@ -200,6 +191,7 @@ def part_c(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     epochs: int,
+    path: Path | None = None,
 ) -> None:
     from bastion.evaluate import robustness
 
@@ -209,7 +201,7 @@ def part_c(
         print("(c) torchattacks not installed: AutoAttack comparison skipped")
         return
     t0 = time.perf_counter()
-    robust_model = adversarially_trained(x_train, y_train, eps, device, epochs)
+    robust_model = adversarially_trained(x_train, y_train, eps, device, epochs, path)
     print(
         f"(c) default ensemble vs torchattacks AutoAttack (standard); adversarially trained model"
         f" built in {time.perf_counter() - t0:.0f} s ({epochs} epochs PGD-10)"
@@ -248,6 +240,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-autoattack", action="store_true")
     parser.add_argument("--at-epochs", type=int, default=12)
+    parser.add_argument("--robust-model", type=Path, default=None,
+                        help="DemoCNN weights (safetensors) of an adversarially trained model; "
+                        "default: train one here with bastion.train (PGD-10)")
+    parser.add_argument("--only-c", action="store_true", help="run part (c) only")
     parser.add_argument("--aa-samples", type=int, default=0,
                         help="samples for part (c) (0: the same as --samples)")
     args = parser.parse_args()
@@ -262,8 +258,9 @@ def main() -> None:
         f" torch {torch.__version__}, {x.shape[0]} samples, Linf eps {args.eps}"
     )
     print(f"clean accuracy {accuracy(model, x, y):.3f}")
-    part_a(model, x, y, args.eps, device)
-    part_b(model, x, y, args.eps, device)
+    if not args.only_c:
+        part_a(model, x, y, args.eps, device)
+        part_b(model, x, y, args.eps, device)
     if not args.skip_autoattack:
         n_c = args.aa_samples or args.samples
         part_c(
@@ -275,6 +272,7 @@ def main() -> None:
             data.x_train.to(device),
             data.y_train.to(device),
             args.at_epochs,
+            args.robust_model,
         )
 
 
