@@ -3,6 +3,10 @@
 Schema migration: a log created before the ``api_key`` column existed gets it added (``ALTER
 TABLE ... ADD COLUMN``, which rewrites nothing and fires no trigger); its old rows read as NULL.
 
+``seq`` is the rowid without ``AUTOINCREMENT`` (in logs created since): rows are never deleted
+(the trigger refuses it), so the next rowid is always the largest plus one, in append order,
+and no ``sqlite_sequence`` page has to be written with every row.
+
 ``synchronous=FULL`` (the default) in WAL mode fsyncs the WAL on every commit, so a record whose
 append returned survives a process kill and a power loss; ``NORMAL`` skips that fsync and only
 survives a process kill (the OS still holds the write), which is why it is never the default.
@@ -32,7 +36,7 @@ SYNCHRONOUS = ("FULL", "NORMAL")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL UNIQUE,
     time TEXT NOT NULL,
     outcome TEXT NOT NULL,
