@@ -29,3 +29,12 @@ def demo_cache(isolated_cache: Path) -> Path:
 
     demo_model(cache_dir=isolated_cache)
     return isolated_cache
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """Torch on one thread for a whole module (``pytestmark = usefixtures(...)``)."""
+    from _helpers.threads import one_thread
+
+    with one_thread():
+        yield

@@ -4,7 +4,6 @@ from the run directory, no credit for a gain the sanity checks flag."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,15 @@ from bastion.data import load_digits
 from bastion.train import fit
 
 EPS = (0.05, 0.1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None
+) -> tuple[nn.Module, Path]:
     """A plain digits MLP, and the directory of a PGD-trained one (bastion train's layout)."""
     split = load_digits()
     data = (split.x_train, split.y_train)

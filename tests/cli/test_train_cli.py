@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from _helpers.models import accuracy, digits_mlp
@@ -17,14 +15,9 @@ from bastion.core.errors import ConfigurationError
 from bastion.data import load_digits
 
 MLP = "_helpers.models:digits_mlp"
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

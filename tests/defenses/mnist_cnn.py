@@ -9,13 +9,12 @@ accuracy near the undefended one (~93%).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from _helpers.threads import one_thread  # noqa: F401 - re-exported for the defense tests
 from bastion.data import load_dataset
 from bastion.defenses import GaussianNoise, RandomResizePad
 
@@ -67,17 +66,3 @@ def judged_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: 
     with torch.no_grad():
         logits = sum(model(x) for _ in range(passes)) / passes
     return float((logits.argmax(1) == y).float().mean())  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread, restoring the setting after.
-
-    On 2 cores shared by several test processes, torch's intra-op threads spin against each
-    other: a small CNN's forward+backward measured 20x slower on 2 threads than on 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

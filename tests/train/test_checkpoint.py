@@ -20,14 +20,6 @@ from bastion.train import EpochMetrics, fit, load_checkpoint
 from bastion.train import checkpoint as ckpt
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int = 192) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 3, (n,), generator=g)

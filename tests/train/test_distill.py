@@ -33,13 +33,6 @@ THREAT = ThreatModel(eps=0.3)  # MNIST Linf
 OPTIONS = {"lr": 1e-2, "batch_size": 64, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train 10-50x faster on one thread than on two oversubscribed cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _mlp(seed: int) -> nn.Module:

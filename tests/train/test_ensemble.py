@@ -18,15 +18,6 @@ from bastion.evaluate import robustness
 from bastion.train.ensemble import Ensemble, EnsembleMode, EnsembleResult, train_ensemble
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train 10-50x faster on one thread than on two oversubscribed cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 

@@ -14,15 +14,6 @@ from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.train import EpochMetrics, TrainConfig, TrainMethod, TrainResult, fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores are shared: one intra-op thread avoids spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 3, (n,), generator=g)

@@ -21,12 +21,6 @@ THREAT = ThreatModel(eps=EPS)
 COMMON = {"epochs": 6, "batch_size": 64, "lr": 0.01, "progress": False, "guard": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,14 +14,6 @@ from bastion.train import EpochMetrics, fit
 from bastion.train.overfit import Monitor, collapsed
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (n,), generator=g)

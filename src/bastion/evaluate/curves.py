@@ -188,17 +188,49 @@ def _attack_alive(
     With ``probe``, a seeded random subset of that many survivors goes first, and the rest only
     if the attack breaks one of the subset.
     """
+    def attack(idx: torch.Tensor) -> None:
+        for chunk in torch.split(idx, batch_size):
+            xb, yb = x[chunk], y[chunk]
+            x_adv, fwd, bwd = _run_attack(record.attack, model, xb, yb)
+            x_adv = x_adv.to(x.device)
+            with frozen_eval(model), torch.no_grad():
+                pred = model(x_adv).argmax(1)
+            # the evaluator checks the attack's output itself: inside the ball and the bounds
+            norms = threat.norms(x_adv - xb)
+            lo, hi = threat.bounds
+            inside = (norms <= threat.eps * (1 + _TOL) + _TOL) & (
+                (x_adv >= lo - _TOL) & (x_adv <= hi + _TOL)
+            ).flatten(1).all(dim=1)
+            broken = (pred != yb) & inside
+            alive[chunk[broken]] = False
+            record.attacked += chunk.numel()
+            record.broken += int(broken.sum())
+            record.forward += fwd + chunk.numel()  # the check above is one more forward each
+            record.backward += bwd
+            record.norms.append(norms[broken].detach().cpu())
+            for i in broken.nonzero().squeeze(1).tolist():
+                if len(examples) >= want:
+                    break
+                j = int(chunk[i])
+                examples.append(
+                    AdversarialExample(
+                        x=xb[i].detach().cpu(),
+                        x_adv=x_adv[i].detach().cpu(),
+                        label=int(y[j]),
+                        clean_prediction=int(clean_pred[j]),
+                        adversarial_prediction=int(pred[i]),
+                        attack=record.label,
+                    )
+                )
+
     idx = alive.nonzero().squeeze(1)
     start = time.perf_counter()
     if probe is not None and idx.numel() > probe:
         order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))
         first, rest = idx[order[:probe].to(idx.device)], idx[order[probe:].to(idx.device)]
-        first = first.sort().values
-        _attack_indices(model, x, y, clean_pred, alive, threat, record, batch_size, examples,
-                        want, first)
+        attack(first.sort().values)
         if record.broken:
-            _attack_indices(model, x, y, clean_pred, alive, threat, record, batch_size,
-                            examples, want, rest.sort().values)
+            attack(rest.sort().values)
             record.note = (f"probe: broke {record.broken} of {probe} random survivors first, "
                            "so it ran on all of them")
         else:
@@ -206,54 +238,5 @@ def _attack_alive(
                            f"on the other {rest.numel()} (it runs on all when the probe breaks "
                            "one)")
     else:
-        _attack_indices(model, x, y, clean_pred, alive, threat, record, batch_size, examples,
-                        want, idx)
+        attack(idx)
     record.seconds = time.perf_counter() - start
-
-
-def _attack_indices(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    clean_pred: torch.Tensor,
-    alive: torch.Tensor,
-    threat: ThreatModel,
-    record: AttackRun,
-    batch_size: int,
-    examples: list[AdversarialExample],
-    want: int,
-    idx: torch.Tensor,
-) -> None:
-    for chunk in torch.split(idx, batch_size):
-        xb, yb = x[chunk], y[chunk]
-        x_adv, fwd, bwd = _run_attack(record.attack, model, xb, yb)
-        x_adv = x_adv.to(x.device)
-        with frozen_eval(model), torch.no_grad():
-            pred = model(x_adv).argmax(1)
-        # the evaluator checks the attack's output itself: inside the ball and the bounds
-        norms = threat.norms(x_adv - xb)
-        lo, hi = threat.bounds
-        inside = (norms <= threat.eps * (1 + _TOL) + _TOL) & (
-            (x_adv >= lo - _TOL) & (x_adv <= hi + _TOL)
-        ).flatten(1).all(dim=1)
-        broken = (pred != yb) & inside
-        alive[chunk[broken]] = False
-        record.attacked += chunk.numel()
-        record.broken += int(broken.sum())
-        record.forward += fwd + chunk.numel()  # the check above is one more forward each
-        record.backward += bwd
-        record.norms.append(norms[broken].detach().cpu())
-        for i in broken.nonzero().squeeze(1).tolist():
-            if len(examples) >= want:
-                break
-            j = int(chunk[i])
-            examples.append(
-                AdversarialExample(
-                    x=xb[i].detach().cpu(),
-                    x_adv=x_adv[i].detach().cpu(),
-                    label=int(y[j]),
-                    clean_prediction=int(clean_pred[j]),
-                    adversarial_prediction=int(pred[i]),
-                    attack=record.label,
-                )
-            )

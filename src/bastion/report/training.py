@@ -91,19 +91,19 @@ def hardening_context(result: Any) -> dict[str, Any]:
 
 def write_training_report(result: Any, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``train.json`` and ``report.html`` for a training run, atomically."""
-    out = Path(out_dir)
-    json_path, html_path = out / "train.json", out / "report.html"
-    atomic_write_text(json_path, render_json(result))
-    html = _ENV.get_template("training.html.j2").render(tr=training_context(result))
-    atomic_write_text(html_path, html)
-    return json_path, html_path
+    return _write(result, Path(out_dir), "train.json", "training.html.j2",
+                  tr=training_context(result))
 
 
 def write_harden_report(result: Any, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``harden.json`` and ``report.html`` for a harden run, atomically."""
-    out = Path(out_dir)
-    json_path, html_path = out / "harden.json", out / "report.html"
+    return _write(result, Path(out_dir), "harden.json", "harden.html.j2",
+                  hd=hardening_context(result))
+
+
+def _write(result: Any, out: Path, json_name: str, template: str,
+           **context: Any) -> tuple[Path, Path]:
+    json_path, html_path = out / json_name, out / "report.html"
     atomic_write_text(json_path, render_json(result))
-    html = _ENV.get_template("harden.html.j2").render(hd=hardening_context(result))
-    atomic_write_text(html_path, html)
+    atomic_write_text(html_path, _ENV.get_template(template).render(**context))
     return json_path, html_path
