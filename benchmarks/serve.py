@@ -10,7 +10,9 @@ fsync's share; the raw fsync latency of the disk is timed on its own too.
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
 interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
 in turn) and the overhead is the median over rounds of each round's p50 ratio to bare: paired
-rounds see the same load. Clients run in a process of their own (``--clients N``: N concurrent
+rounds see the same load. The servers' CPU time per request (all their threads, monitors
+included; the clients run elsewhere) is reported too: it moves far less with the load than
+latency does. Clients run in a process of their own (``--clients N``: N concurrent
 keep-alive clients), as real clients do; req/s is requests over the clients' busy time. Bounded:
 ``--requests`` per variant, loopback only.
 
@@ -36,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
 from bastion.data import load_mnist5k  # noqa: E402
-from bastion.guard.audit_log import AuditLog  # noqa: E402
+from bastion.guard.audit_log import AuditLog, AuditRecord  # noqa: E402
 from bastion.guard.outputs import OutputChecker  # noqa: E402
 from bastion.guard.policy import InputGuard  # noqa: E402
 from bastion.guard.schema import TensorSchema  # noqa: E402
@@ -82,6 +84,19 @@ def send(url: str, key: str, bodies: Path, start: int, stop: int, clients: int) 
     return latencies
 
 
+class TimedAuditLog(AuditLog):
+    """The audit log, timing each append (row encoding, SQLite, and the fsync with FULL)."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        super().__init__(AuditLog.open(path, synchronous=synchronous)._backend)
+        self.seconds: list[float] = []
+
+    def append(self, record: AuditRecord) -> None:
+        began = time.perf_counter()
+        super().append(record)
+        self.seconds.append(time.perf_counter() - began)
+
+
 def fsync_ms(directory: Path, repeats: int = 200) -> tuple[float, float]:
     """p50 and p99 (ms) of one small write + fsync in ``directory`` (the disk's part of FULL)."""
     path = directory / "fsync-probe"
@@ -124,13 +139,16 @@ def main() -> None:
     bodies_file = work / "bodies.jsonl"
     bodies_file.write_bytes(b"\n".join(bodies))
 
+    logs: dict[str, TimedAuditLog] = {}
+
     def guarded(sync: str | None) -> Callable[[], Pipeline]:
         def make() -> Pipeline:
-            db = work / f"audit-{time.time_ns()}.db"
+            if sync is not None:
+                logs[sync] = TimedAuditLog(work / f"audit-{sync}.db", sync)
             return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
                             output_checker=OutputChecker(10),
                             monitors=default_monitors(data.x_test, ref_logits),
-                            audit=None if sync is None else AuditLog.open(db, synchronous=sync))
+                            audit=None if sync is None else logs[sync])
         return make
 
     variants: dict[str, Callable[[], Pipeline]] = {
@@ -144,6 +162,7 @@ def main() -> None:
     latencies: dict[str, list[float]] = {name: [] for name in variants}
     round_p50: dict[str, list[float]] = {name: [] for name in variants}
     seconds: dict[str, float] = dict.fromkeys(variants, 0.0)
+    cpu_s: dict[str, float] = dict.fromkeys(variants, 0.0)
     with contextlib.ExitStack() as stack:
         urls = {
             name: stack.enter_context(LiveServer(create_app(make(), KeyStore.load(keys),
@@ -155,7 +174,9 @@ def main() -> None:
         for start in range(0, args.requests, args.chunk):
             stop = min(start + args.chunk, args.requests)
             for name, url in urls.items():
+                cpu = time.process_time()  # the servers' threads (the clients are elsewhere)
                 got = send(url, key, bodies_file, start, stop, args.clients)
+                cpu_s[name] += time.process_time() - cpu
                 seconds[name] += sum(got) / args.clients  # busy time, without process start-up
                 latencies[name] += got
                 round_p50[name].append(statistics.median(got))
@@ -180,20 +201,28 @@ def main() -> None:
           f"client(s) on loopback; {rounds} interleaved rounds; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
     print("| variant | batch | clients | req/s | p50 ms | p99 ms | p50 vs bare (median of rounds) "
-          "| per-round range |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| per-round range | server CPU ms/request | CPU vs bare |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = round_p50["bare model"]
+    base_cpu = cpu_s["bare model"] / len(latencies["bare model"])
     for name, lat in latencies.items():
         lat.sort()
         ratios = [v / b - 1 for v, b in zip(round_p50[name], base, strict=True)]
-        vs = "—" if name == "bare model" else f"{100 * statistics.median(ratios):+.0f}%"
-        spread = "—" if name == "bare model" else (
-            f"{100 * min(ratios):+.0f}% … {100 * max(ratios):+.0f}%")
+        cpu = cpu_s[name] / len(lat)
+        bare = name == "bare model"
+        vs = "—" if bare else f"{100 * statistics.median(ratios):+.0f}%"
+        spread = "—" if bare else f"{100 * min(ratios):+.0f}% … {100 * max(ratios):+.0f}%"
+        cpu_vs = "—" if bare else f"{100 * (cpu / base_cpu - 1):+.0f}%"
         print(f"| {name} | {args.batch} | {args.clients} | {len(lat) / seconds[name]:.0f} | "
               f"{1000 * statistics.median(lat):.2f} | "
-              f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} |")
-    print(f"\nfsync of a 512-byte append in the audit log's directory: p50 {fsync_p50:.2f} ms, "
-          f"p99 {fsync_p99:.2f} ms")
+              f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} | "
+              f"{1000 * cpu:.2f} | {cpu_vs} |")
+    appends = {sync: sorted(log.seconds) for sync, log in logs.items()}
+    print("\naudit row append inside the server (encode + SQLite commit): " + "; ".join(
+        f"{sync} p50 {1000 * statistics.median(t):.2f} ms, p99 "
+        f"{1000 * t[int(0.99 * (len(t) - 1))]:.2f} ms" for sync, t in appends.items()))
+    print(f"fsync of a 512-byte append in the audit log's directory, after the run: p50 "
+          f"{fsync_p50:.2f} ms, p99 {fsync_p99:.2f} ms")
     print(f"monitor update (4 default monitors, window 200, batches of 50): "
           f"{per_sample_us:.1f} µs per sample")
 

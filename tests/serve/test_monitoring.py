@@ -38,9 +38,11 @@ def test_monitors_quiet_on_clean_stream_and_fire_on_shift(
         for i in range(0, len(clean), 25):
             r = c.post("/v1/predict", json={"inputs": clean[i : i + 25].tolist()})
             assert r.status_code == 200, r.text
-            clean_alarms.append(r.json()["checks"]["monitors"]["alarms"])
-        ready = clean_alarms[WINDOW // 25 - 1 :]  # answers after the first full window
-        assert sum(bool(a) for a in ready) <= 2, clean_alarms  # 4 monitors x 1% x 21 windows
+            seen = r.json()["checks"]["monitors"]
+            # answers carry the last tested window's verdict, so one alarm can appear in several
+            # answers: count alarming windows, each known by its monitor and sample count
+            clean_alarms += [(m, seen["results"][m]["samples_seen"]) for m in seen["alarms"]]
+        assert len(set(clean_alarms)) <= 2, clean_alarms  # 4 monitors x 1% x at most 21 tests
         state = c.get("/v1/monitor").json()
         assert state["alarms"] == []
         assert all(m["threshold"] is not None for m in state["monitors"].values())

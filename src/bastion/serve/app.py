@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import logging
 import time
 import uuid
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion._version import __version__
+from bastion.core.results import to_jsonable
 from bastion.guard.outputs import FLAGS
 from bastion.serve.auth import KeyStore
 from bastion.serve.config import ServeConfig
@@ -58,6 +60,7 @@ from bastion.serve.pipeline import Inference, Pipeline
 __all__ = ["create_app"]
 
 _log = logging.getLogger("bastion.serve")
+_JSON = "application/json"
 _bearer = HTTPBearer(auto_error=False, description="An API key from `bastion apikey create`.")
 _BEARER = Depends(_bearer)
 
@@ -183,7 +186,7 @@ def create_app(
             }
         },
     )
-    async def predict(request: Request, key_name: str = Depends(authenticate)) -> dict[str, Any]:
+    async def predict(request: Request, key_name: str = Depends(authenticate)) -> Response:
         """Classify one batch through the guard; the audit row is written before the answer."""
         rid = request.state.request_id
         body = await read_body(request.stream(), config.max_body_bytes)
@@ -221,12 +224,20 @@ def create_app(
         inference, checks = done
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)
-        return {
+        answer = {
             "predictions": inference.predictions.tolist(),
             "probabilities": inference.probabilities.tolist(),
             "request_id": rid,
             "checks": checks,
         }
+        # Encoded here, once, by the C encoder: the answer is built from JSON values already
+        # (probabilities finite, checked above), so the response model's validation and its
+        # generic serialisation would only redo work; PredictResponse still documents it.
+        try:
+            text = json.dumps(answer, allow_nan=False)
+        except ValueError:  # a NaN somewhere in the checks: JSON has none, send null
+            text = json.dumps(to_jsonable(answer), allow_nan=False)
+        return Response(text.encode(), media_type=_JSON)
 
     _add_docs(app, authenticate, public_docs)
     _add_error_handlers(app, metrics)
