@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
+    parser.add_argument("--split", action="store_true",
+                        help="add a variant without monitors (the monitors' share)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_mnist5k()
@@ -141,18 +143,22 @@ def main() -> None:
 
     logs: dict[str, TimedAuditLog] = {}
 
-    def guarded(sync: str | None) -> Callable[[], Pipeline]:
+    def guarded(sync: str | None, monitors: bool = True) -> Callable[[], Pipeline]:
         def make() -> Pipeline:
             if sync is not None:
                 logs[sync] = TimedAuditLog(work / f"audit-{sync}.db", sync)
+            suite = default_monitors(data.x_test, ref_logits) if monitors else None
             return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
-                            output_checker=OutputChecker(10),
-                            monitors=default_monitors(data.x_test, ref_logits),
+                            output_checker=OutputChecker(10), monitors=suite,
                             audit=None if sync is None else logs[sync])
         return make
 
     variants: dict[str, Callable[[], Pipeline]] = {
         "bare model": lambda: Pipeline(model=model, schema=schema),
+    }
+    if args.split:
+        variants["schema and output checks only"] = guarded(None, monitors=False)
+    variants |= {
         "guard (schema, output checks, 4 monitors), no audit log": guarded(None),
         "guarded, audit `synchronous=NORMAL` (opt-in, no fsync)": guarded("NORMAL"),
         "guarded, audit `synchronous=FULL` (default, fsync)": guarded("FULL"),
