@@ -3,9 +3,10 @@
 Every variant runs behind the same app (auth, limits, metrics) on loopback with the same request
 bodies: "bare" is the model alone; "guard, no audit log" adds the input guard (schema + policy),
 the output checks and the four default monitors (fed off the request path); the two "guarded"
-rows add the SQLite audit log, with ``synchronous=NORMAL`` (opt-in: no fsync) and ``FULL`` (the
-durable default: every acknowledged request survives a power cut). FULL minus NORMAL is the
-fsync's share; the raw fsync latency of the disk is timed on its own too.
+rows add the SQLite audit log, with ``synchronous=NORMAL`` (the default: every acknowledged
+request survives the server being killed) and ``FULL`` (``--audit-sync full``: an fsync per
+commit, so they survive power loss too). FULL minus NORMAL is the fsync's share; the raw fsync
+latency of the disk is timed on its own too.
 
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
 interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
@@ -160,8 +161,8 @@ def main() -> None:
         variants["schema and output checks only"] = guarded(None, monitors=False)
     variants |= {
         "guard (schema, output checks, 4 monitors), no audit log": guarded(None),
-        "guarded, audit `synchronous=NORMAL` (opt-in, no fsync)": guarded("NORMAL"),
-        "guarded, audit `synchronous=FULL` (default, fsync)": guarded("FULL"),
+        "guarded, audit `synchronous=NORMAL` (default: survives kill -9)": guarded("NORMAL"),
+        "guarded, audit `synchronous=FULL` (opt-in: fsync, survives power loss)": guarded("FULL"),
     }
     config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, args.clients))
     load_before = os.getloadavg()

@@ -94,7 +94,7 @@ def test_append_only_is_enforced_by_the_database(tmp_path: Path) -> None:
     with AuditLog.open(f"sqlite:///{path}") as log:
         assert [r.request_id for r in log.rows()] == ["req-0"]
         assert log._backend._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
 def test_concurrent_appends_from_threads(tmp_path: Path) -> None:
@@ -222,9 +222,9 @@ def test_concurrent_appends_share_one_commit_and_a_duplicate_fails_alone(tmp_pat
     log.close()
 
 
-def test_synchronous_normal_is_opt_in_and_checked(tmp_path: Path) -> None:
-    with AuditLog.open(tmp_path / "a.db", synchronous="normal") as log:
-        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+def test_synchronous_full_is_opt_in_and_checked(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "a.db", synchronous="full") as log:
+        assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with pytest.raises(ConfigurationError, match="synchronous"):
         AuditLog.open(tmp_path / "b.db", synchronous="OFF")
 

@@ -115,6 +115,29 @@ def test_kill_9_under_load_keeps_every_acknowledged_request(
     assert set(acked) <= recorded
 
 
+def test_audit_durability_is_normal_by_default_full_on_request(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    """The server's default (what the kill -9 test above runs) writes each commit to the OS
+    without an fsync; ``--audit-sync full`` adds the fsync; a typo fails before any model load."""
+    from bastion.core.errors import ConfigurationError
+    from bastion.serve.build import assemble
+
+    levels = {}
+    for sync in (None, "full", "NORMAL"):
+        options = {} if sync is None else {"audit_sync": sync}
+        pipeline = assemble(model="demo", audit_log=tmp_path / f"{sync}.db", cache_dir=demo_cache,
+                            **options)
+        assert pipeline.audit is not None
+        levels[sync] = pipeline.audit._backend._conn.execute("PRAGMA synchronous").fetchone()[0]
+        pipeline.audit.close()
+    assert levels == {None: 1, "full": 2, "NORMAL": 1}  # SQLite: 1 NORMAL, 2 FULL
+    with pytest.raises(ConfigurationError, match="--audit-sync must be normal or full"):
+        assemble(model="demo", weights=tmp_path / "missing.safetensors", audit_sync="fsync",
+                 audit_log=tmp_path / "never.db")
+    assert not (tmp_path / "never.db").exists()
+
+
 def test_refuses_to_start_with_a_tampered_signed_model(
     demo_parts: Any, keys: tuple[Path, str], tmp_path: Path
 ) -> None:

@@ -93,6 +93,15 @@ def serve(
     audit_log: Annotated[
         str, typer.Option("--audit-log", metavar="PATH|URL", help="SQLite file or PostgreSQL URL.")
     ] = "bastion-audit.db",
+    audit_sync: Annotated[
+        str,
+        typer.Option("--audit-sync", metavar="normal|full", help="SQLite audit durability. "
+                     "normal (default): every acknowledged request is written to the OS before "
+                     "it is answered and survives the server being killed (kill -9, OOM, crash); "
+                     "an OS crash or power loss may lose the last ones. full: also fsync each "
+                     "commit, so they survive power loss (costs an fsync per commit, 0.2-4 ms on "
+                     "a busy disk). Ignored for PostgreSQL."),
+    ] = "normal",
     max_body: Annotated[int, typer.Option("--max-body", help="Largest body in bytes.")] = 4 << 20,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most samples a request.")] = 256,
     rate: Annotated[float, typer.Option("--rate", help="Requests/s per key.")] = 50.0,
@@ -137,7 +146,7 @@ def serve(
     pipeline = assemble(
         model=model, weights=weights, schema=schema, reference=reference, policy=policy,
         signature=signature, public_keys=key, sha256=sha256, audit_log=audit_log,
-        alerts=manager,
+        audit_sync=audit_sync, alerts=manager,
     )
     app = create_app(pipeline, store, config, metrics=metrics, public_docs=public_docs)
     rules = ", ".join(r.name for r in alert_config.rules)

@@ -2,8 +2,10 @@
 
 The raw input is never stored: only its SHA-256 over a canonical encoding (:func:`digest_input`).
 The caller is the *name* of the API key that made the request (never the key or its hash).
-SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=FULL`` so an
-``append`` that returned has been committed and fsynced, triggers that abort any UPDATE or DELETE,
+SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=NORMAL`` so an
+``append`` that returned has been committed and written to the OS (it survives the process being
+killed, ``kill -9`` included; ``synchronous="FULL"`` also fsyncs it, to survive an OS crash or
+power loss), triggers that abort any UPDATE or DELETE,
 one connection shared by server threads, whose concurrent appends are group-committed (one
 transaction and one fsync for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
 shares one log between replicas (needs ``psycopg``). Logs written before the ``api_key`` column
@@ -205,15 +207,18 @@ class AuditLog:
         self._backend = backend
 
     @classmethod
-    def open(cls, target: str | Path, *, synchronous: str = "FULL") -> AuditLog:
+    def open(cls, target: str | Path, *, synchronous: str = "NORMAL") -> AuditLog:
         """Open (creating if needed) a log: a file path or ``sqlite:///path``, or ``postgresql://``.
 
         Args:
             target: the SQLite path or URL, or a PostgreSQL URL.
-            synchronous: SQLite only. ``"FULL"`` (default) fsyncs every commit: an acknowledged
-                row survives a power loss. ``"NORMAL"`` skips the fsync: rows survive a killed
-                process but the last ones may be lost on a power cut. Concurrent appends share
-                one commit either way (group commit).
+            synchronous: SQLite only (case-insensitive). ``"NORMAL"`` (default): every commit
+                is written to the OS before ``append`` returns, so an acknowledged row survives
+                the server process dying (``kill -9``, OOM killer, a crash); an OS crash or
+                power loss may lose the last rows since the last checkpoint. ``"FULL"``: also
+                fsyncs every commit, so acknowledged rows survive power loss; it costs one fsync
+                per commit (0.2-4 ms on a busy disk). Concurrent appends share one commit either
+                way (group commit).
 
         Raises:
             ConfigurationError: unknown URL scheme, or ``psycopg`` missing for PostgreSQL.
@@ -238,7 +243,8 @@ class AuditLog:
         return cls(SQLiteBackend(Path(text), synchronous=synchronous))
 
     def append(self, record: AuditRecord) -> None:
-        """Append one record; returns only once it is committed (and, on SQLite, fsynced)."""
+        """Append one record; returns only once it is committed (with ``synchronous="FULL"``,
+        fsynced too)."""
         self._backend.append(
             record.request_id,
             record.time,

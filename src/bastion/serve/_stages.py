@@ -41,6 +41,7 @@ def default_monitors(
     return default_monitor_suite(calibration).fit(reference, reference_logits)
 
 
-def open_audit_log(target: str | Path) -> AuditLog:
-    """The audit log at a SQLite path or a ``postgresql://`` URL."""
-    return AuditLog.open(target)
+def open_audit_log(target: str | Path, synchronous: str = "NORMAL") -> AuditLog:
+    """The audit log at a SQLite path or a ``postgresql://`` URL (``synchronous``: SQLite's
+    durability level, see :meth:`AuditLog.open`)."""
+    return AuditLog.open(target, synchronous=synchronous)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from bastion.artifacts.scan.policy import Policy
 from bastion.core.errors import ConfigurationError, IntegrityError
+from bastion.guard._audit_sqlite import SYNCHRONOUS
 from bastion.guard.alerts import AlertManager
 from bastion.guard.monitors import Calibration, MonitorSuite
 from bastion.guard.outputs import OutputChecker
@@ -217,6 +218,7 @@ def assemble(
     public_keys: Path | Sequence[Path] | None = None,
     sha256: str | None = None,
     audit_log: str | Path | None = "bastion-audit.db",
+    audit_sync: str = "normal",
     load_policy: Policy | None = None,
     cache_dir: Path | None = None,
     alerts: AlertManager | None = None,
@@ -227,6 +229,9 @@ def assemble(
     everything before any other work; then :func:`guard_stages` builds the guard around it.
 
     Args:
+        audit_log: the audit log's SQLite path or PostgreSQL URL; None for none (tests).
+        audit_sync: SQLite's durability: ``normal`` (acknowledged requests survive the server
+            being killed) or ``full`` (they survive power loss too; an fsync per commit).
         alerts: fed every monitor update (see :class:`Pipeline`); None for no alerting.
 
     Raises:
@@ -235,6 +240,11 @@ def assemble(
     """
     spec = ModelSpec.parse(model)
     invalid = InvalidDataPolicy.parse(policy)
+    if audit_sync.upper() not in SYNCHRONOUS:  # before any work: a typo must not cost a load
+        raise ConfigurationError(
+            f"--audit-sync must be normal or full (full adds an fsync per commit to survive "
+            f"power loss), got {audit_sync!r}"
+        )
     net = load_model(spec, weights=weights, signature=signature, public_keys=public_keys,
                      sha256=sha256, policy=load_policy, cache_dir=cache_dir)
     stages = guard_stages(net, spec, schema=schema, reference=reference, policy=invalid)
@@ -244,7 +254,7 @@ def assemble(
         guard=stages.guard,
         output_checker=stages.output_checker,
         monitors=stages.monitors,
-        audit=None if audit_log is None else _stages.open_audit_log(audit_log),
+        audit=None if audit_log is None else _stages.open_audit_log(audit_log, audit_sync),
         name=spec.factory or "demo",
         alerts=alerts,
     )

@@ -3,8 +3,9 @@
 The pipeline is split where the server needs it split. :meth:`Pipeline.infer` (guard, model,
 output checks) is pure computation and may be abandoned on a timeout; :meth:`Pipeline.commit`
 (monitors and the audit row) runs only for answers that will be sent and returns only once the
-audit row is durable - so an acknowledged request is always on record. Concurrent commits share
-the audit log's group commit (one fsync for many rows). The monitors are fed off the request
+audit row is committed (written to the OS: it survives the process being killed; fsynced too
+with ``synchronous="FULL"``) - so an acknowledged request is always on record. Concurrent
+commits share the audit log's group commit (one commit for many rows). The monitors are fed off the request
 path by one background thread (:class:`~bastion.serve._monitor_worker.MonitorWorker`): an answer
 and its audit row carry the monitors' verdict on the batches tested before it, and
 :meth:`Pipeline.monitor_state` first waits for every queued batch.
@@ -183,7 +184,7 @@ class Pipeline:
     def commit(
         self, *, request_id: str, body: bytes, inference: Inference, api_key: str | None = None
     ) -> dict[str, Any]:
-        """Feed the monitors and write the audit row (durable on return); the checks to send.
+        """Feed the monitors and write the audit row (committed on return); the checks to send.
 
         ``api_key`` is the *name* of the caller's key, recorded in the audit row.
         """
