@@ -1,5 +1,5 @@
-"""The black-box attack after white-box ones: a probe of the survivors first, all of them only
-when the probe breaks one (bastion.evaluate.curves)."""
+"""Refining stages (a black box after white-box attacks) probe the survivors in rounds, closest to
+the decision boundary first, and go on only while they break samples (bastion.evaluate.curves)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def test_probe_that_breaks_nothing_spares_the_other_survivors() -> None:
                         sanity=False, progress=False)
     assert result.clean_accuracy == 1.0 and result.robust_accuracy == 1.0  # margin 0.12 > eps
     square = result.attacks[1]
-    assert square.attacked == 64 and square.broken == 0  # only the probe was attacked
-    assert "did not run on the other 136" in square.note
+    assert square.attacked == 16 and square.broken == 0  # only the first round was attacked
+    assert "did not run on the other 184" in square.note
 
 
 def test_probe_that_breaks_a_sample_escalates_to_every_survivor() -> None:
@@ -51,10 +51,88 @@ def test_probe_that_breaks_a_sample_escalates_to_every_survivor() -> None:
                         sanity=False, progress=False)
     pgd, square = result.attacks
     assert pgd.broken == 0  # zero gradients: PGD cannot move
-    assert square.attacked == 200  # probe broke some, so it ran on all
-    assert "so it ran on all" in square.note
+    # every round breaks samples (masking hides them from PGD, not from Square): it reaches all
+    assert square.attacked == 200
+    assert "every survivor" in square.note
     # the eps-ball reaches across the boundary for every sample, and Square finds it
     assert result.robust_accuracy <= 0.05
+
+
+def _near_boundary_data(
+    n: int = 200, near: int = 30
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples at mean-pixel distance 0.12 from the boundary, but ``near`` of them (at random
+    positions) only 0.02 away; returns x, y and the mask of the near ones."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (n,), generator=g)
+    is_near = torch.zeros(n, dtype=torch.bool)
+    is_near[torch.randperm(n, generator=g)[:near]] = True
+    gap = torch.where(is_near, 0.02, 0.12)
+    level = torch.where(y == 1, 0.5 + gap, 0.5 - gap).view(-1, 1, 1, 1)
+    return level.expand(n, 1, 4, 4).clone(), y, is_near
+
+
+def test_probe_rounds_follow_the_margin_and_find_every_breakable_sample() -> None:
+    from bastion.attacks import PGD, Square
+
+    # a white-box stage that cannot move (one step of 1e-6) still ranks samples by margin; the
+    # black box then breaks exactly the near ones (distance 0.02 < eps 0.05 < 0.12)
+    x, y, is_near = _near_boundary_data()
+    stages = [lambda t: PGD(threat=t, steps=1, step_size=1e-6, random_start=False),
+              lambda t: Square(threat=t, queries=200)]
+    result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), stages,
+                        sanity=False, progress=False)
+    pgd, square = result.attacks
+    assert pgd.broken == 0
+    assert square.broken == int(is_near.sum()) == 30  # every breakable sample found
+    assert result.robust_accuracy == pytest.approx(170 / 200)
+    # rounds of 16 in margin order: 12 near + 4 random, then 16 near, then the last 2 near and
+    # 14 far ones, then one round that breaks none: far fewer than the 200 survivors
+    assert square.attacked == 64
+    assert "until a round broke none" in square.note
+    assert "did not run on the other 136" in square.note
+
+
+def _fake_attack(breakable: torch.Tensor, log: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+    def attack(batch: torch.Tensor) -> torch.Tensor:
+        log.append(batch)
+        return batch[breakable[batch]]
+    return attack
+
+
+def test_a_break_far_from_the_boundary_sends_the_stage_to_every_survivor() -> None:
+    from bastion.evaluate.curves import _probe
+
+    closest = torch.arange(100, dtype=torch.float32)  # sample i has margin i
+    log: list[torch.Tensor] = []
+    note = _probe(_fake_attack(torch.arange(100) >= 50, log), torch.arange(100), closest, 16, 0)
+    assert sorted(torch.cat(log).tolist()) == list(range(100))  # each attacked exactly once
+    assert len(log) == 2 and "far from the boundary" in note
+
+
+def test_rounds_stop_at_the_first_that_breaks_none() -> None:
+    from bastion.evaluate.curves import _probe
+
+    closest = torch.arange(100, dtype=torch.float32).flip(0)  # sample 99 is the closest
+    log: list[torch.Tensor] = []
+    note = _probe(_fake_attack(torch.arange(100) >= 80, log), torch.arange(100), closest, 16, 0)
+    seen = torch.cat(log)
+    assert set(range(80, 100)) <= set(seen.tolist())  # every breakable sample reached
+    assert seen.unique().numel() == seen.numel() < 100  # none twice, not all
+    last = log[-1]
+    assert not bool((last >= 80).any())  # the last round broke none ...
+    assert bool((log[-2] >= 80).any())  # ... and the one before it did
+    assert "until a round broke none" in note
+
+
+def test_a_random_probe_ranks_nothing_and_finds_little() -> None:
+    # the same data with probe rounds in random order (no white-box stage to rank them) would
+    # need every survivor: the margin order is what makes the probe cheap, checked by contrast
+    x, y, is_near = _near_boundary_data()
+    result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), "square",
+                        sanity=False, progress=False)
+    assert result.attacks[0].attacked == 200  # a black box alone runs on every sample
+    assert result.attacks[0].broken == 30
 
 
 def test_black_box_alone_runs_on_every_sample() -> None:

@@ -14,8 +14,10 @@ missed (and every attack stops per sample as soon as it breaks it):
 4. **Square**, 5,000 queries, margin loss, on a *probe*: a score-based black box that needs no
    gradient at all, so gradient masking cannot hide a sample from it.
 
-A *probe* stage first runs on a seeded random subset of the survivors (64 samples) and on all
-of them only when it breaks one of the subset; the report says which happened. Together this is
+A *probe* stage runs in rounds of 16 survivors, those the earlier attacks brought closest to the
+decision boundary first (plus 4 random ones in the first round), and goes on only while its
+rounds break samples (all of them at once if it breaks a random one): see
+:mod:`bastion.evaluate.curves`; the report says what it did. Together this is
 AutoAttack's standard version (Croce & Hein 2020) without FAB-T (which in AutoAttack's own reports
 almost never breaks a sample APGD-CE and APGD-T missed), with the expensive tails run on every
 sample only when they prove useful on the model at hand; each attack also stops per sample at

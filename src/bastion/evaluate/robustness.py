@@ -62,7 +62,7 @@ def robustness(
     examples: int = 8,
     adaptive: bool = True,
     eot_samples: int = 10,
-    probe: int | None = 64,
+    probe: int | None = 16,
 ) -> RobustnessResult:
     """Evaluate ``model`` against an attack ensemble: worst case per sample.
 
@@ -90,10 +90,11 @@ def robustness(
             argmax of logits averaged over ``eot_samples`` passes; BPDA modules are noted.
             False attacks and judges the model as it is, one pass at a time.
         eot_samples: k, the passes each EOT gradient and each judged prediction averages.
-        probe: survivors a refining stage of the cascade (Square after white-box attacks,
-            APGD-T on the less likely targets) attacks first, running on all of them only when
-            it breaks one (:mod:`bastion.evaluate.curves`); None, or ``attacks="full"``, runs
-            every stage on every survivor.
+        probe: survivors per round of a refining stage of the cascade (Square after white-box
+            attacks, APGD-T on the less likely targets): it attacks those closest to the
+            decision boundary first and goes on only while it breaks some
+            (:mod:`bastion.evaluate.curves`); None, or ``attacks="full"``, runs every stage on
+            every survivor.
 
     Returns:
         A :class:`RobustnessResult`.
