@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from bastion.core.errors import ConfigurationError
 from bastion.guard import OutputChecker, OutputKind
+from bastion.guard import outputs as outputs_module
 
 
 def _numpy_flags(logits: np.ndarray, min_conf: float, min_margin: float):
@@ -66,6 +67,57 @@ def test_confidence_and_margin_flags_match_numpy(
     assert np.array_equal(report.low_margin.numpy()[clear_margin], low_margin[clear_margin])
     distinct = top[:, 0] - top[:, 1] > 1e-9
     assert np.array_equal(report.predictions.numpy()[distinct], preds[distinct])
+
+
+# values that make ties, thresholds and non-finite rows likely, next to ordinary ones
+_LOGIT = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 2.0, math.log(3.0), math.nan, math.inf,
+                                    -math.inf, 88.0, -88.0, 1e-6]),
+                   st.floats(-30, 30, width=32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 10)), elements=_LOGIT),
+    st.sampled_from([0.0, 0.5, 0.75, 1 / 3, 0.9999]) | st.floats(0.0, 1.0),
+    st.sampled_from([0.0, 0.1, 0.5]) | st.floats(0.0, 1.0),
+    st.none() | st.sampled_from([(-10.0, 10.0), (0.0, 1.0), (-1.0, 2.0)]),
+)
+def test_small_batch_fast_path_agrees_with_the_tensor_path(
+    logits: np.ndarray, min_conf: float, min_margin: float, bounds: tuple[float, float] | None
+) -> None:
+    """Batches of at most 64 values are judged in plain Python first; whenever that path
+    answers, every flag, count, prediction and tensor equals the tensor path's."""
+    checker = OutputChecker(min_confidence=min_conf, min_margin=min_margin, range=bounds)
+    x = torch.from_numpy(logits)
+    assert x.numel() <= outputs_module._SMALL
+    fast = checker.check(x)
+    exact_checker = OutputChecker(min_confidence=min_conf, min_margin=min_margin, range=bounds)
+    original = outputs_module._SMALL
+    outputs_module._SMALL = 0  # the tensor path alone
+    try:
+        exact = exact_checker.check(x)
+    finally:
+        outputs_module._SMALL = original
+    assert fast.counts == exact.counts and fast.ok == exact.ok
+    for flag in outputs_module.FLAGS:
+        assert torch.equal(getattr(fast, flag), getattr(exact, flag)), flag
+    for name in ("probabilities", "predictions", "confidence", "margin"):
+        torch.testing.assert_close(getattr(fast, name), getattr(exact, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+def test_small_batch_fast_path_answers_the_plain_case_and_defers_when_in_doubt() -> None:
+    checker = OutputChecker(10)
+    plain = torch.tensor([[8.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
+    assert checker._small(plain, OutputKind.LOGITS, 1, 10) is not None
+    tie = torch.tensor([[3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    nan = plain.clone()
+    nan[0, 4] = math.nan
+    at_threshold = torch.tensor([[0.0, -math.log(2.0)] + [-100.0] * 8])  # margin 1/3, conf 2/3
+    for doubtful, reason in ((tie, "tie"), (nan, "NaN"), (at_threshold, "margin at 1/3")):
+        judge = OutputChecker(10, min_margin=1 / 3)
+        assert judge._small(doubtful, OutputKind.LOGITS, 1, 10) is None, reason
+        assert judge.check(doubtful).num_samples == 1  # the tensor path still answers
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,12 @@ FLAGS = ("non_finite", "out_of_range", "off_simplex", "low_confidence", "low_mar
 """The per-sample flags of an :class:`OutputReport`, in the order of its ``counts``."""
 _FLAGS = FLAGS
 
+_SMALL = 64
+"""Outputs with at most this many values are checked in plain Python first (see ``_small``)."""
+_DOUBT = 1e-5
+"""How close to a threshold (or a tie for top-1) the fast path may come before it defers to the
+tensor path: far above the float32-vs-float64 softmax difference (about 1e-7)."""
+
 
 class OutputKind(str, enum.Enum):
     """What a model's outputs are: raw logits or probabilities."""
@@ -209,6 +215,10 @@ class OutputChecker:
             out = out.detach()
         if out.dtype not in (torch.float32, torch.float64):
             out = out.float()
+        if out.numel() <= _SMALL and expect is OutputKind.LOGITS:
+            fast = self._small(out, expect, batch, classes)
+            if fast is not None:
+                return fast
         # Few ops on the common path (every row finite): at batch size 1 each torch op costs
         # more than its arithmetic, and this runs on every request of a server.
         all_finite = bool(torch.isfinite(out).all())
@@ -250,6 +260,58 @@ class OutputChecker:
         )
 
     __call__ = check
+
+    def _small(
+        self, out: Tensor, expect: OutputKind, batch: int, classes: int
+    ) -> OutputReport | None:
+        """The report of a small batch of finite logits, judged in plain Python; None when in
+        doubt, and the tensor path (the exact one) decides.
+
+        At batch 1 each torch op costs 5-10 µs of dispatch whatever its size, and the tensor
+        path takes a dozen; here one ``tolist`` and a softmax in float64 decide every flag.
+        The verdict must be the tensor path's, so this gives up (returns None) on anything but
+        the plain case: a non-finite value, a value within ``_DOUBT`` of the range, a top-1 tie
+        within ``_DOUBT``, or a confidence or margin within ``_DOUBT`` of its threshold. The
+        returned tensors are the tensor path's: softmax and top-2 in float32.
+        """
+        rows = out.tolist()
+        low, high = self.range if self.range is not None else (-math.inf, math.inf)
+        low_confidence: list[bool] = []
+        low_margin: list[bool] = []
+        isfinite = math.isfinite
+        for row in rows:
+            if not all(map(isfinite, row)):  # (max and min would skip a NaN, not every time)
+                return None  # NaN or inf: the tensor path masks such rows
+            top = max(row)
+            if self.range is not None and any(
+                    v - low < _DOUBT or high - v < _DOUBT for v in row):
+                return None
+            exps = [math.exp(v - top) for v in row]
+            total = math.fsum(exps)
+            ranked = sorted(exps, reverse=True)
+            top_p, margin = ranked[0] / total, (ranked[0] - ranked[1]) / total
+            if (margin < _DOUBT or abs(top_p - self.min_confidence) < _DOUBT
+                    or abs(margin - self.min_margin) < _DOUBT):
+                return None
+            low_confidence.append(top_p < self.min_confidence)
+            low_margin.append(margin < self.min_margin)
+        probs = torch.softmax(out, dim=1)
+        top2 = probs.topk(2, dim=1)
+        confidence, second = top2.values.unbind(1)
+        none = torch.zeros(batch, dtype=torch.bool, device=out.device)
+        report = OutputReport(
+            expect=expect, num_samples=batch, num_classes=classes, problems=(),
+            non_finite=none, out_of_range=none, off_simplex=none,
+            low_confidence=torch.tensor(low_confidence) if any(low_confidence) else none,
+            low_margin=torch.tensor(low_margin) if any(low_margin) else none,
+            probabilities=probs, predictions=top2.indices.select(1, 0), confidence=confidence,
+            margin=confidence - second,
+        )
+        # known without a reduction: seed the cached property
+        report.__dict__["counts"] = {"non_finite": 0, "out_of_range": 0, "off_simplex": 0,
+                                     "low_confidence": sum(low_confidence),
+                                     "low_margin": sum(low_margin)}
+        return report
 
     @staticmethod
     def _broken(expect: OutputKind, batch: int, classes: int | None, problem: str) -> OutputReport:
