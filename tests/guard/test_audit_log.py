@@ -222,6 +222,33 @@ def test_concurrent_appends_share_one_commit_and_a_duplicate_fails_alone(tmp_pat
     log.close()
 
 
+def test_checkpoints_run_in_the_background_not_in_an_append(tmp_path: Path) -> None:
+    """The writer never checkpoints (automatic checkpoints off); after CHECKPOINT_ROWS rows a
+    thread of the log does, so the WAL restarts instead of growing, and appends go on."""
+    from bastion.guard._audit_sqlite import CHECKPOINT_ROWS
+
+    path = tmp_path / "audit.db"
+    log = AuditLog.open(path)
+    backend = log._backend
+    assert backend._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(CHECKPOINT_ROWS - 1):
+        log.append(AuditRecord.create(inputs=b"x", request_id=f"a{i}"))
+    assert backend._checkpointer is None  # not yet due
+    log.append(AuditRecord.create(inputs=b"x", request_id="due"))
+    deadline = time.monotonic() + 30
+    while backend.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.checkpoints == 1
+    log.append(AuditRecord.create(inputs=b"x", request_id="after"))  # restarts the WAL
+    reader = sqlite3.connect(path)
+    _, frames, _ = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    reader.close()
+    assert 0 < frames < 20  # a few pages for one row, not ~3 per row since the start
+    log.close()
+    with AuditLog.open(path) as again:
+        assert len(again) == CHECKPOINT_ROWS + 1
+
+
 def test_synchronous_full_is_opt_in_and_checked(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path / "a.db", synchronous="full") as log:
         assert log._backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
