@@ -11,10 +11,12 @@ On the 4,000 MNIST-5k training samples at Linf eps 0.3 with the demo CNN archite
   probe) on the 1,000 test samples, for each trained model.
 
 Target (issue "Hardening"): FGSM-RS reaches the robust accuracy of PGD-10 training within 3
-points at a third of its time or less.
+points at a third of its time or less. The comparison is of whole runs: FGSM-RS trains 15 epochs
+by default against PGD-10's 10 (its point is robustness for less compute, Wong et al. 2020), and
+both use the same recipe otherwise.
 
-Usage: python benchmarks/adv_train.py [--epochs 10] [--eval-samples 1000] [--save-dir DIR]
-       [--skip-hand] [--device cpu|cuda] [--threads N]
+Usage: python benchmarks/adv_train.py [--epochs 10] [--fgsm-epochs 15] [--eval-samples 1000]
+       [--save-dir DIR] [--skip-hand] [--evaluate-only] [--device cpu|cuda] [--threads N]
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ EPS = 0.3
 
 
 def recipe(method: str, epochs: int) -> TrainConfig:
-    """One recipe for every method: Adam, cyclic learning rate (Wong et al. 2020), batch 100."""
+    """One recipe for every method: Adam, cyclic learning rate (Wong et al. 2020), batch 50, eps
+    warm-up over the first third of the epochs (FGSM-RS at the full eps 0.3 from the first step
+    never learns robustness on this CNN; PGD-10 gets the same ramp)."""
     threat = ThreatModel(norm="linf", eps=EPS) if method != "none" else None
-    return TrainConfig(method=method, threat=threat, epochs=epochs, batch_size=100, lr=5e-3,
-                       schedule="cyclic", pgd_steps=10, seed=0)
+    return TrainConfig(method=method, threat=threat, epochs=epochs, batch_size=50, lr=5e-3,
+                       schedule="cyclic", pgd_steps=10, seed=0,
+                       eps_warmup=epochs // 3 if threat is not None else 0)
 
 
 def hand_loop(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, float]:
@@ -63,24 +68,26 @@ def hand_loop(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> tuple[nn
                 group["lr"] = config.lr_at(step, steps_per_epoch)
             idx = perm[i : i + b]
             xb, yb = x[idx], y[idx]
+            ramp = (step + 1) / (config.eps_warmup * steps_per_epoch) if config.eps_warmup else 1
+            eps = EPS * min(1.0, ramp)
             if method == "fgsm-rs":
                 model.eval()
-                delta = (torch.rand_like(xb) * 2 - 1) * EPS
+                delta = (torch.rand_like(xb) * 2 - 1) * eps
                 delta.requires_grad_(True)
                 loss = F.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
                 (grad,) = torch.autograd.grad(loss, delta)
-                delta = (delta + 1.25 * EPS * grad.sign()).clamp(-EPS, EPS).detach()
+                delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps).detach()
                 xb = (xb + delta).clamp(0, 1)
             elif method == "pgd":
                 model.eval()
-                alpha = 2.5 * EPS / 10
-                adv = (xb + (torch.rand_like(xb) * 2 - 1) * EPS).clamp(0, 1)
+                alpha = 2.5 * eps / 10
+                adv = (xb + (torch.rand_like(xb) * 2 - 1) * eps).clamp(0, 1)
                 for _ in range(10):
                     adv.requires_grad_(True)
                     loss = F.cross_entropy(model(adv), yb)
                     (grad,) = torch.autograd.grad(loss, adv)
                     adv = adv.detach() + alpha * grad.sign()
-                    adv = torch.min(torch.max(adv, xb - EPS), xb + EPS).clamp(0, 1)
+                    adv = torch.min(torch.max(adv, xb - eps), xb + eps).clamp(0, 1)
                 xb = adv.detach()
             model.train()
             opt.zero_grad(set_to_none=True)
@@ -92,7 +99,10 @@ def hand_loop(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> tuple[nn
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of plain and PGD-10")
+    parser.add_argument("--fgsm-epochs", type=int, default=15,
+                        help="epochs of FGSM-RS (default 15: 1.5x PGD-10's, still under a third "
+                        "of its time since an epoch costs 2 passes against 11)")
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--save-dir", type=Path, default=None,
                         help="keep the trained models here (safetensors)")
@@ -121,7 +131,8 @@ def main() -> None:
             raise SystemExit("--evaluate-only needs --save-dir with a previous run's files")
         timings = json.loads(timings_path.read_text())
     for method in ("none", "fgsm-rs", "pgd"):
-        config = recipe(method, args.epochs)
+        epochs = args.fgsm_epochs if method == "fgsm-rs" else args.epochs
+        config = recipe(method, epochs)
         torch.manual_seed(0)
         model = DemoCNN().to(device)
         if args.evaluate_only:
@@ -155,24 +166,28 @@ def main() -> None:
         else:
             clean = robust = float("nan")
         eval_seconds = time.perf_counter() - t0
-        per_epoch, hand_per_epoch = float(seconds) / args.epochs, float(hand_seconds) / args.epochs
-        rows.append((method, per_epoch, hand_per_epoch, clean, robust, eval_seconds, stopped))
-        print(f"  {method:<8} {per_epoch:6.2f} s/epoch (hand loop {hand_per_epoch:6.2f}), "
+        per_epoch, hand_per_epoch = float(seconds) / epochs, float(hand_seconds) / epochs
+        rows.append((method, per_epoch, hand_per_epoch, clean, robust, eval_seconds, stopped,
+                     epochs, float(seconds)))
+        print(f"  {method:<8} {epochs} epochs in {float(seconds):.1f} s, {per_epoch:6.2f} s/epoch "
+              f"(hand loop {hand_per_epoch:6.2f}), "
               f"clean {clean:.3f}, robust {robust:.3f} (evaluated in {eval_seconds:.0f} s)"
               + (f" — {stopped}" if stopped else ""), flush=True)
     plain = rows[0][1]
     floors = {"none": 1, "fgsm-rs": 2, "pgd": 11}
-    print("\n| method | s/epoch | × plain | floor | hand loop s/epoch | bastion / hand | clean |"
-          " robust (default ensemble) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for method, per_epoch, hand, clean, robust, _es, _stop in rows:
-        print(f"| {method} | {per_epoch:.2f} | {per_epoch / plain:.2f} | {floors[method]} | "
-              f"{hand:.2f} | {per_epoch / hand:.2f} | {clean:.3f} | {robust:.3f} |")
+    print("\n| method | epochs | s | s/epoch | × plain | floor | hand loop s/epoch | bastion / hand"
+          " | clean | robust (default ensemble) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for method, per_epoch, hand, clean, robust, _es, _stop, epochs, total in rows:
+        print(f"| {method} | {epochs} | {total:.1f} | {per_epoch:.2f} | {per_epoch / plain:.2f} | "
+              f"{floors[method]} | {hand:.2f} | {per_epoch / hand:.2f} | {clean:.3f} | "
+              f"{robust:.3f} |")
     fgsm, pgd = rows[1], rows[2]
     gap = 100 * (pgd[4] - fgsm[4])
-    ratio = fgsm[1] / pgd[1]
+    ratio = fgsm[8] / pgd[8]  # whole runs: FGSM-RS may train more epochs
     print(f"\nFGSM-RS vs PGD-10: robust accuracy {100 * fgsm[4]:.1f}% vs {100 * pgd[4]:.1f}% "
-          f"(gap {gap:+.1f} points, target <= 3), time {ratio:.2f} of PGD-10's (target <= 0.33)"
+          f"(gap {gap:+.1f} points, target <= 3), {fgsm[7]} epochs in {ratio:.2f} of the time of "
+          f"{pgd[7]} PGD-10 epochs (target <= 0.33)"
           f": {'met' if gap <= 3 and ratio <= 1 / 3 else 'NOT met'}")
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from bastion import ThreatModel
 from bastion.train import EpochMetrics, fit
-from bastion.train.overfit import Monitor, collapsed
+from bastion.train.overfit import Monitor, collapsed, stalled
 
 
 def _blobs(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +42,7 @@ def _scripted(robust: list[float]):  # type: ignore[no-untyped-def]
     return measure
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, fallback: str, robust: list[float],
+def _run(monkeypatch: pytest.MonkeyPatch, fallback: str, robust: list[float], epochs: int = 4,
          **extra: object) -> tuple[object, list[dict[str, torch.Tensor]]]:
     monkeypatch.setattr(Monitor, "measure", _scripted(robust))
     states: list[dict[str, torch.Tensor]] = []
@@ -51,8 +51,8 @@ def _run(monkeypatch: pytest.MonkeyPatch, fallback: str, robust: list[float],
         states.append({k: v.clone() for k, v in model.state_dict().items()})
 
     model = _mlp()
-    result = fit(model, _blobs(), method="fgsm-rs", threat=ThreatModel(eps=0.1), epochs=4,
-                 batch_size=32, lr=0.05, guard_fallback=fallback, progress=False,
+    result = fit(model, _blobs(), method="fgsm-rs", threat=ThreatModel(eps=0.1),
+                 epochs=epochs, batch_size=32, lr=0.05, guard_fallback=fallback, progress=False,
                  on_epoch_end=keep, **extra)
     return result, states
 
@@ -107,6 +107,38 @@ def test_guard_off_never_restores(monkeypatch: pytest.MonkeyPatch) -> None:
     result, states = _run(monkeypatch, "stop", [0.5, 0.6, 0.1, 0.6], guard=False)
     assert result.stopped_reason is None and result.guard_events == ()
     assert not _equal(states[2], states[1])
+
+
+def test_stall_rule() -> None:
+    assert stalled([0.15, 0.1, 0.15, 0.16], 0.1)  # flat near chance
+    assert not stalled([0.15, 0.1, 0.15, 0.17], 0.1)  # climbing by 2 points
+    assert not stalled([0.25, 0.1, 0.1, 0.1], 0.1)  # once 10 points above chance
+    assert not stalled([0.1, 0.1, 0.1], 0.1)  # three epochs at full eps are too few to judge
+
+
+@pytest.mark.parametrize("fallback", ["stop", "pgd", "continue"])
+def test_a_run_that_never_learns_robustness_is_called_stalled(
+    monkeypatch: pytest.MonkeyPatch, fallback: str
+) -> None:
+    # two classes: chance is 50%; below 60% for four full-eps epochs, the last three no better
+    result, _ = _run(monkeypatch, fallback, [0.55, 0.5, 0.52, 0.54, 0.9], epochs=5)
+    assert len(result.guard_events) == 1
+    event = result.guard_events[0]
+    assert event.startswith("no robustness learned by epoch 4") and "eps_warmup" in event
+    methods = [m.method for m in result.history]
+    if fallback == "stop":
+        assert result.stopped_reason is not None and len(result.history) == 4
+    elif fallback == "pgd":
+        assert result.stopped_reason is None and methods == ["fgsm-rs"] * 4 + ["pgd"]
+    else:
+        assert result.stopped_reason is None and methods == ["fgsm-rs"] * 5
+
+
+def test_warm_up_epochs_do_not_count_towards_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    # eps reaches its full value at the end of epoch 3: only epochs 3 to 5 are at full eps
+    result, _ = _run(monkeypatch, "stop", [0.5] * 5, epochs=5, eps_warmup=3)
+    assert result.guard_events == () and result.stopped_reason is None
+    assert len(result.history) == 5
 
 
 # -- a real collapse ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from bastion.train._data import DEFAULT_BOUNDS, TrainData, prepare
 from bastion.train.config import GuardFallback, TrainConfig, TrainMethod
 from bastion.train.distributed import DistContext, setup
 from bastion.train.methods import batch_loss, random_start
-from bastion.train.overfit import Monitor, collapsed
+from bastion.train.overfit import Monitor, collapsed, stalled
 from bastion.train.results import EpochMetrics, TrainResult
 
 __all__ = ["fit"]
@@ -303,12 +303,44 @@ class _Run:
             elif fallback is GuardFallback.PGD:
                 self.method = TrainMethod.PGD
             return
+        if self._stalled(metrics):
+            return
         score = robust if robust is not None else metrics.clean_accuracy
         if score > self.best_score:
             self.best_score, self.best_epoch = score, metrics.epoch
             self.best_robust = robust
             if self.config.guard_enabled:
                 self.best_state = _state_copy(self.model)
+
+    def _stalled(self, metrics: EpochMetrics) -> bool:
+        """A single-step run that never learned robustness: say so once, apply the fallback."""
+        c = self.config
+        if not (c.guard_enabled and c.threat is not None and metrics.robust_accuracy is not None
+                and self.method is TrainMethod.FGSM_RS):
+            return False
+        if any(e.startswith("no robustness learned") for e in self.events):
+            return False
+        # derived from the history, so a resumed run judges exactly as an uninterrupted one
+        full = [m.robust_accuracy for m in self.history
+                if m.method == TrainMethod.FGSM_RS.value and m.robust_accuracy is not None
+                and m.eps >= c.threat.eps * (1 - 1e-9)]
+        y = self.monitor.y
+        chance = 1 / (int(y.max()) + 1 if y.dim() == 1 else y.shape[1])
+        if not stalled(full, chance):
+            return False
+        fallback = c.guard_fallback
+        message = (f"no robustness learned by epoch {metrics.epoch}: PGD accuracy at most "
+                   f"{max(full):.1%} over {len(full)} epochs at the full eps {c.threat.eps:g} "
+                   f"(chance {chance:.1%}) while clean accuracy reached "
+                   f"{metrics.clean_accuracy:.1%}; the single step is defeated from the start "
+                   "(use eps_warmup of about a third of the epochs, a smaller eps, or method pgd)")
+        _logger.warning("%s: fallback %s", message, fallback.value)
+        self.events.append(f"{message}: {fallback.value}")
+        if fallback is GuardFallback.STOP:
+            self.stopped = message
+        elif fallback is GuardFallback.PGD:
+            self.method = TrainMethod.PGD
+        return fallback is not GuardFallback.CONTINUE
 
     # -- checkpoints -----------------------------------------------------------------------------
 
