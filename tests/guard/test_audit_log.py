@@ -316,3 +316,14 @@ def test_a_log_from_before_the_api_key_column_opens_and_migrates(tmp_path: Path)
     conn.close()
     with AuditLog.open(path) as log:  # opening again migrates nothing twice
         assert len(log) == 2
+
+
+def test_stored_text_is_the_sorted_json_of_to_dict_encoded_once() -> None:
+    nested = {"b": (1, 2.5), "a": {"z": torch.tensor(0.25), "y": [True, None]}}
+    record = AuditRecord.create(inputs=b"x", request_id="r", checks=nested, prediction=[3])
+    assert record._text is not None  # encoded on creation, reused by append
+    assert record.stored_text() == json.dumps(record.to_dict(), sort_keys=True, allow_nan=False)
+    assert record.checks == {"b": [1, 2.5], "a": {"z": 0.25, "y": [True, None]}}
+    nan = AuditRecord.create(inputs=b"x", request_id="n", monitors=[{"p": float("nan")}])
+    assert nan._text is None  # JSON has no NaN: the walk stores null
+    assert json.loads(nan.stored_text())["monitors"] == [{"p": None}]

@@ -108,15 +108,22 @@ class AuditRecord(Result):
     monitors: Any = None
 
     def __post_init__(self) -> None:
-        # the free-form fields become JSON values once, here, so that to_dict (run for every
-        # appended row) is a flat copy instead of a second walk of every nested value
-        names = ("validation", "prediction", "checks", "monitors")
-        values = _json_values([getattr(self, name) for name in names])  # one codec round trip
-        for name, value in zip(names, values, strict=True):
-            object.__setattr__(self, name, value)
+        # The free-form fields become JSON values once, here, so that to_dict is a flat copy
+        # instead of a second walk of every nested value. The common case takes one C-codec
+        # round trip of the whole record: its text (sorted keys, what the log stores) is kept
+        # for AuditLog.append, which then encodes nothing.
+        text = _record_text(self._fields_dict())
+        if text is not None:
+            values = json.loads(text)
+            for name in _FREE_FORM:
+                object.__setattr__(self, name, values[name])
+        else:  # NaN, infinities or keys that are not strings: the walk (NaN -> null)
+            values = _json_values([getattr(self, name) for name in _FREE_FORM])
+            for name, value in zip(_FREE_FORM, values, strict=True):
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "_text", text)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON values with stable keys (the free-form fields were converted on creation)."""
+    def _fields_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
             "request_id": self.request_id,
@@ -130,6 +137,17 @@ class AuditRecord(Result):
             "checks": self.checks,
             "monitors": self.monitors,
         }
+
+    def stored_text(self) -> str:
+        """The record as the log stores it: JSON of :meth:`to_dict` with sorted keys."""
+        text: str | None = getattr(self, "_text", None)
+        if text is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values with stable keys (the free-form fields were converted on creation)."""
+        return self._fields_dict()
 
     @classmethod
     def create(
@@ -166,6 +184,19 @@ class AuditRecord(Result):
         values = {k: v for k, v in data.items() if k in names}
         values["outcome"] = Outcome(values.get("outcome", Outcome.ANSWERED.value))
         return cls(**values)
+
+
+_FREE_FORM = ("validation", "prediction", "checks", "monitors")
+
+
+def _record_text(fields: dict[str, Any]) -> str | None:
+    """The stored JSON of a record's fields (sorted keys, values through ``to_jsonable`` where
+    the codec cannot take them), or None when it needs the walk: NaN or infinities (JSON has
+    none: they are stored as null) or keys that are not strings."""
+    try:
+        return json.dumps(fields, default=to_jsonable, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def _json_values(value: Any) -> Any:
@@ -250,7 +281,7 @@ class AuditLog:
             record.time,
             record.outcome.value,
             record.api_key,
-            json.dumps(record.to_dict(), sort_keys=True, allow_nan=False),
+            record.stored_text(),
         )
 
     def rows(
