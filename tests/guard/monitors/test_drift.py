@@ -21,7 +21,12 @@ from bastion.guard.monitors import (
     mmd2,
     psi,
 )
-from bastion.guard.monitors._stats import adjust_p_values, ks_distances, ks_p_values
+from bastion.guard.monitors._stats import (
+    adjust_p_values,
+    bin_index_proportions,
+    ks_distances,
+    ks_p_values,
+)
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -156,3 +161,22 @@ def test_concurrent_updates_keep_the_window_consistent() -> None:
     values = mon._window.values() if mon._window is not None else torch.empty(0)
     counts = torch.unique(values[:, 0], return_counts=True)[1]
     assert values.shape == (64, 3) and bool((counts == 8).all())  # whole batches, never torn
+
+
+def test_psi_running_window_counts_equal_a_fresh_count() -> None:
+    """The streaming PSI reads its window's bin counts from running sums (rows in, rows
+    overwritten out); after pushes smaller and larger than the window, wrapping or not, every
+    tested statistic equals counting the window's indices afresh."""
+    g = torch.Generator().manual_seed(3)
+    mon = PSIDrift(calibration=Calibration(window=50, n_windows=20, test_every=1))
+    mon.fit(torch.randn(400, 6, generator=g))
+    for size in (7, 30, 13, 1, 49, 50, 120, 3, 64, 2, 50, 17):
+        mon.update(torch.randn(size, 6, generator=g) * 1.3)
+        assert mon._window is not None
+        fresh = bin_index_proportions(mon._window.values(), mon.n_bins)
+        assert torch.equal(mon._counts.to(torch.float64) / mon._window.count, fresh), size
+        if mon._window.full:
+            assert mon.last_result is not None and mon.last_result.evaluated
+            assert mon.last_result.statistic == mon._test(mon._window.values()).statistic
+    mon.reset()
+    assert int(mon._counts.sum()) == 0

@@ -176,6 +176,23 @@ class _Window:
         self.pos = (self.pos + n) % size
         self.count = min(self.count + n, size)
 
+    def evicted_by(self, n: int) -> Tensor | None:
+        """The rows that pushing ``n`` more rows will overwrite (a copy), or None when none.
+
+        While the window fills, ``pos == count`` and only writes that wrap past the end reach
+        filled rows; once it is full every written position held a row.
+        """
+        size = self.buffer.shape[0]
+        n = min(n, size)
+        if self.count < size:
+            wrapped = self.pos + n - size  # positions 0..wrapped-1 are rewritten
+            return self.buffer[:wrapped].clone() if wrapped > 0 else None
+        first = min(n, size - self.pos)
+        head = self.buffer[self.pos : self.pos + first]
+        if first == n:
+            return head.clone()
+        return torch.cat([head, self.buffer[: n - first]])
+
     def values(self) -> Tensor:
         return self.buffer[: self.count]  # order is irrelevant to two-sample tests
 
@@ -227,6 +244,21 @@ class Monitor(abc.ABC):
     def _test(self, window: Tensor) -> WindowStatistic:
         """Test statistic (higher = more suspicious) of a window of feature rows."""
 
+    # optional hooks: a monitor that keeps running sums of its window (PSIDrift's bin counts)
+    # updates them as rows enter and leave, and tests the window from them
+    _tracks_window = False
+
+    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:
+        """Rows entered the window and others (or None) left it (``_tracks_window`` only)."""
+
+    def _window_cleared(self) -> None:
+        """The window was emptied (fit, reset)."""
+
+    def _test_own_window(self) -> WindowStatistic:
+        """:meth:`_test` of the monitor's current window; may use running sums."""
+        assert self._window is not None
+        return self._test(self._window.values())
+
     # -- contract ------------------------------------------------------------------------------
     @property
     def threshold(self) -> float:
@@ -266,6 +298,7 @@ class Monitor(abc.ABC):
         )
         self._width = feats.shape[1]
         self._window = _Window(cal.window, self._width, feats.dtype, feats.device)
+        self._window_cleared()
         self.samples_seen = self._pending = 0
         self.last_result = None
         return self
@@ -317,13 +350,18 @@ class Monitor(abc.ABC):
         feats = self._checked_features(_as_batch(batch, "batch"), "batch")
         with self._lock:
             assert self._window is not None
-            self._window.push(feats)
+            if self._tracks_window:
+                leaving = self._window.evicted_by(feats.shape[0])
+                self._window.push(feats)
+                self._window_changed(feats[-self.calibration.window :], leaving)
+            else:
+                self._window.push(feats)
             self.samples_seen += feats.shape[0]
             self._pending += feats.shape[0]
             fill = {"window_fill": self._window.count}
             if self._window.full and self._pending >= self.calibration.stride:
                 self._pending = 0
-                test = self._test(self._window.values())
+                test = self._test_own_window()
                 result = MonitorResult(
                     name=self.name,
                     statistic=test.statistic,
@@ -357,6 +395,7 @@ class Monitor(abc.ABC):
         with self._lock:
             if self._window is not None:
                 self._window.pos = self._window.count = 0
+                self._window_cleared()
             self.samples_seen = self._pending = 0
             self.last_result = None
 

@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = [
     "Correction",
     "adjust_p_values",
+    "bin_index_counts",
     "bin_index_proportions",
     "chi_square",
     "ks_distances",
@@ -124,13 +125,17 @@ def psi_bin_indices(edges: Tensor, x: Tensor) -> Tensor:
                               out_int32=True).t()
 
 
-def bin_index_proportions(indices: Tensor, n_bins: int) -> Tensor:
-    """Proportion of rows in each bin from :func:`psi_bin_indices`: ``(d, n_bins)``."""
-    m, d = indices.shape
+def bin_index_counts(indices: Tensor, n_bins: int) -> Tensor:
+    """Rows in each bin from :func:`psi_bin_indices`: ``(d, n_bins)`` int64."""
+    _, d = indices.shape
     offsets = torch.arange(d, device=indices.device, dtype=torch.int64) * n_bins
     flat = (indices.to(torch.int64) + offsets).reshape(-1)
-    counts = torch.bincount(flat, minlength=d * n_bins).reshape(d, n_bins)
-    return counts.to(torch.float64) / m
+    return torch.bincount(flat, minlength=d * n_bins).reshape(d, n_bins)
+
+
+def bin_index_proportions(indices: Tensor, n_bins: int) -> Tensor:
+    """Proportion of rows in each bin from :func:`psi_bin_indices`: ``(d, n_bins)``."""
+    return bin_index_counts(indices, n_bins).to(torch.float64) / indices.shape[0]
 
 
 def _bin_proportions(edges: Tensor, x: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from bastion.guard.monitors._base import Calibration, Monitor, WindowStatistic
 from bastion.guard.monitors._stats import (
     Correction,
     adjust_p_values,
+    bin_index_counts,
     bin_index_proportions,
     ks_distances,
     ks_p_values,
@@ -173,8 +174,11 @@ class PSIDrift(Monitor):
     """Mean population stability index over features, binned on reference quantiles.
 
     The bin edges are fitted first (on the statistics part of the reference), so each sample is
-    binned once when it enters the window - the window holds bin indices, and a test only
-    counts them - instead of every value of the window being binned again at every test.
+    binned once when it enters the window - the window holds bin indices - instead of every
+    value of the window being binned again at every test. The window's bin counts are kept as
+    running sums (rows entering add theirs, rows overwritten subtract theirs), so a test of the
+    streaming window reads counts instead of counting its 200 x 784 indices again (a test:
+    about 0.7 -> 0.1 ms); tests of other windows (calibration, ``score``) count as before.
 
     Args:
         n_bins: quantile bins per feature.
@@ -193,6 +197,9 @@ class PSIDrift(Monitor):
         self.n_bins = n_bins
         self.edges = torch.empty(0)
         self.reference_proportions = torch.empty(0)
+        self._counts = torch.zeros(0, dtype=torch.int64)
+
+    _tracks_window = True
 
     def fit(self, reference: Tensor) -> PSIDrift:
         """Fit the bin edges on the statistics part of the reference, then as every monitor."""
@@ -215,8 +222,23 @@ class PSIDrift(Monitor):
     def _fit_reference(self, features: Tensor) -> None:
         self.reference_proportions = bin_index_proportions(features, self.n_bins)
 
+    def _window_cleared(self) -> None:
+        self._counts = torch.zeros(self.reference_proportions.shape, dtype=torch.int64,
+                                   device=self.reference_proportions.device)
+
+    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:
+        self._counts += bin_index_counts(entering, self.n_bins)
+        if leaving is not None:
+            self._counts -= bin_index_counts(leaving, self.n_bins)
+
+    def _test_own_window(self) -> WindowStatistic:
+        assert self._window is not None
+        return self._psi(self._counts.to(torch.float64) / self._window.count)
+
     def _test(self, window: Tensor) -> WindowStatistic:
-        props = bin_index_proportions(window, self.n_bins)
+        return self._psi(bin_index_proportions(window, self.n_bins))
+
+    def _psi(self, props: Tensor) -> WindowStatistic:
         values = psi_from_proportions(self.reference_proportions, props)
         worst = int(values.argmax())
         return WindowStatistic(
