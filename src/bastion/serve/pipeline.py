@@ -5,10 +5,11 @@ output checks) is pure computation and may be abandoned on a timeout; :meth:`Pip
 (monitors and the audit row) runs only for answers that will be sent and returns only once the
 audit row is committed (written to the OS: it survives the process being killed; fsynced too
 with ``synchronous="FULL"``) - so an acknowledged request is always on record. Concurrent
-commits share the audit log's group commit (one commit for many rows). The monitors are fed off the request
-path by one background thread (:class:`~bastion.serve._monitor_worker.MonitorWorker`): an answer
-and its audit row carry the monitors' verdict on the batches tested before it, and
-:meth:`Pipeline.monitor_state` first waits for every queued batch.
+commits share the audit log's group commit (one commit for many rows). The monitors are fed
+off the request path by one background thread
+(:class:`~bastion.serve._monitor_worker.MonitorWorker`): an answer and its audit row carry the
+monitors' verdict on the batches tested before it, and :meth:`Pipeline.monitor_state` first
+waits for every queued batch.
 """
 
 from __future__ import annotations

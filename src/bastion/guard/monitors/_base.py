@@ -248,10 +248,10 @@ class Monitor(abc.ABC):
     # updates them as rows enter and leave, and tests the window from them
     _tracks_window = False
 
-    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:
+    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:  # noqa: B027
         """Rows entered the window and others (or None) left it (``_tracks_window`` only)."""
 
-    def _window_cleared(self) -> None:
+    def _window_cleared(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """The window was emptied (fit, reset)."""
 
     def _test_own_window(self) -> WindowStatistic:
