@@ -105,9 +105,11 @@ def test_a_break_far_from_the_boundary_sends_the_stage_to_every_survivor() -> No
 
     closest = torch.arange(100, dtype=torch.float32)  # sample i has margin i
     log: list[torch.Tensor] = []
-    note = _probe(_fake_attack(torch.arange(100) >= 50, log), torch.arange(100), closest, 16, 0)
+    note, near = _probe(_fake_attack(torch.arange(100) >= 50, log), torch.arange(100), closest,
+                        16, 0)
     assert sorted(torch.cat(log).tolist()) == list(range(100))  # each attacked exactly once
     assert len(log) == 2 and "far from the boundary" in note
+    assert near == 0  # the 12 closest (margins 0-11) were not breakable
 
 
 def test_rounds_stop_at_the_first_that_breaks_none() -> None:
@@ -115,7 +117,9 @@ def test_rounds_stop_at_the_first_that_breaks_none() -> None:
 
     closest = torch.arange(100, dtype=torch.float32).flip(0)  # sample 99 is the closest
     log: list[torch.Tensor] = []
-    note = _probe(_fake_attack(torch.arange(100) >= 80, log), torch.arange(100), closest, 16, 0)
+    note, near = _probe(_fake_attack(torch.arange(100) >= 80, log), torch.arange(100), closest,
+                        16, 0)
+    assert near == 12  # the first round's 12 closest (samples 99 to 88) all broke
     seen = torch.cat(log)
     assert set(range(80, 100)) <= set(seen.tolist())  # every breakable sample reached
     assert seen.unique().numel() == seen.numel() < 100  # none twice, not all
@@ -156,6 +160,14 @@ def test_the_default_ensemble_probes_its_tails_and_full_does_not() -> None:
     result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), "full",
                         sanity=False, progress=False)
     assert all(a.attacked == 200 for a in result.attacks)  # no probe anywhere
+
+
+def test_black_box_check_leaves_out_breaks_next_to_the_boundary() -> None:
+    from bastion.evaluate.sanity import black_box_check
+
+    check = black_box_check(total=500, black_box_after_white_box=1, near_boundary=3)
+    assert check.passed and "3 of those they left closest to the boundary" in check.detail
+    assert not black_box_check(total=500, black_box_after_white_box=2, near_boundary=3).passed
 
 
 @pytest.mark.parametrize(

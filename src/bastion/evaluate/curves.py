@@ -70,6 +70,7 @@ class AttackRun:
     norms: list[torch.Tensor] = dataclasses.field(default_factory=list)
     note: str = ""
     black_box: bool = False
+    near_breaks: int = 0
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -256,7 +257,7 @@ def _attack_alive(
     idx = alive.nonzero().squeeze(1)
     start = time.perf_counter()
     if probe is not None and idx.numel() > probe:
-        record.note = _probe(attack, idx, closest, probe, seed)
+        record.note, record.near_breaks = _probe(attack, idx, closest, probe, seed)
     else:
         attack(idx)
     record.seconds = time.perf_counter() - start
@@ -268,8 +269,10 @@ def _probe(
     closest: torch.Tensor,
     size: int,
     seed: int,
-) -> str:
-    """Attack the survivors ``idx`` in probe rounds of ``size``; return the report's note."""
+) -> tuple[str, int]:
+    """Attack the survivors ``idx`` in probe rounds of ``size``; return the report's note and
+    how many of the first round's closest samples it broke (the black-box check leaves those
+    out: the earlier attacks nearly broke them; see ``sanity.black_box_check``)."""
     gen = torch.Generator().manual_seed(seed)
     shuffled = idx[torch.randperm(idx.numel(), generator=gen).to(idx.device)]
     # closest to the boundary first; ties (e.g. never attacked) in seeded random order
@@ -280,6 +283,7 @@ def _probe(
     pick[torch.randperm(pool.numel(), generator=gen)[:n_random].to(pool.device)] = True
     randoms, queue = pool[pick], pool[~pick]
     broken = attack(torch.cat([head, randoms]).sort().values)
+    near = int(torch.isin(broken, head).sum())
     first = f"{head.numel()} survivors closest to the boundary and {randoms.numel()} random others"
     # a random sample from the half of the survivors farthest from the boundary, broken: the
     # breaks are not where the earlier attacks came closest (gradient masking looks like this)
@@ -288,10 +292,10 @@ def _probe(
     if bool(torch.isin(broken, far).any()):
         attack(queue)
         return (f"probe: broke {broken.numel()} of the {first}, one of them far from the "
-                "boundary, so it ran on every survivor")
+                "boundary, so it ran on every survivor"), near
     if broken.numel() == 0:
         return (f"probe: broke none of the {first}, so it did not run on the other "
-                f"{queue.numel()} (it goes on while its rounds break some)")
+                f"{queue.numel()} (it goes on while its rounds break some)"), 0
     rounds = 1
     while queue.numel() and broken.numel():
         batch, queue = queue[:size], queue[size:]
@@ -300,4 +304,4 @@ def _probe(
     tail = (f"until a round broke none; did not run on the other {queue.numel()}" if queue.numel()
             else "and reached every survivor")
     return (f"probe: broke some of the {first}, then went on in order of closeness to the "
-            f"boundary, {rounds} rounds of {size} in all, {tail}")
+            f"boundary, {rounds} rounds of {size} in all, {tail}"), near

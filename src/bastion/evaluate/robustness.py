@@ -319,13 +319,16 @@ def _black_box(
 ) -> SanityCheck:
     seen_white = False
     after: int | None = None
+    near = 0
     for r in main.attacks:
         if not r.black_box and r.attacked:
             seen_white = True
         elif r.black_box and seen_white:
-            after = (after or 0) + r.broken
+            after = (after or 0) + r.broken - r.near_breaks
+            near += r.near_breaks
     if after is not None or not seen_white:
-        return black_box_check(total=x.shape[0], black_box_after_white_box=after)
+        return black_box_check(total=x.shape[0], black_box_after_white_box=after,
+                               near_boundary=near)
     survivors = main.robust.nonzero().squeeze(1)[:samples]
     return black_box_check(
         total=x.shape[0], black_box_after_white_box=None, model=model, x_survivors=x[survivors],
