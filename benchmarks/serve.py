@@ -10,8 +10,10 @@ latency of the disk is timed on its own too.
 
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
 interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
-in turn) and the overhead is the median over rounds of each round's p50 ratio to bare: paired
-rounds see the same load. The servers' CPU time per request (all their threads, monitors
+in turn, starting one variant later each round, so that no variant always follows the same one:
+a variant's background work - its monitors' last update, an audit checkpoint - spills into the
+next one's turn) and the overhead is the median over rounds of each round's p50 ratio to bare:
+paired rounds see the same load. The servers' CPU time per request (all their threads, monitors
 included; the clients run elsewhere) is reported too: it moves far less with the load than
 latency does. Clients run in a process of their own (``--clients N``: N concurrent
 keep-alive clients), as real clients do; req/s is requests over the clients' busy time. Bounded:
@@ -86,7 +88,8 @@ def send(url: str, key: str, bodies: Path, start: int, stop: int, clients: int) 
 
 
 class TimedAuditLog(AuditLog):
-    """The audit log, timing each append (row encoding, SQLite, and the fsync with FULL)."""
+    """The audit log, timing each append (the SQLite commit, with its fsync under FULL; the row
+    is encoded when the record is created, before append)."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
         super().__init__(AuditLog.open(path, synchronous=synchronous)._backend)
@@ -178,9 +181,12 @@ def main() -> None:
         }
         for url in urls.values():  # warm-up: first allocations and monitor updates
             send(url, key, bodies_file, 0, 20, args.clients)
-        for start in range(0, args.requests, args.chunk):
+        names = list(urls)
+        for turn, start in enumerate(range(0, args.requests, args.chunk)):
             stop = min(start + args.chunk, args.requests)
-            for name, url in urls.items():
+            shift = turn % len(names)  # rotate: each variant follows each other one in turn
+            for name in names[shift:] + names[:shift]:
+                url = urls[name]
                 cpu = time.process_time()  # the servers' threads (the clients are elsewhere)
                 got = send(url, key, bodies_file, start, stop, args.clients)
                 cpu_s[name] += time.process_time() - cpu
@@ -225,7 +231,7 @@ def main() -> None:
               f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} | "
               f"{1000 * cpu:.2f} | {cpu_vs} |")
     appends = {sync: sorted(log.seconds) for sync, log in logs.items()}
-    print("\naudit row append inside the server (encode + SQLite commit): " + "; ".join(
+    print("\naudit row append inside the server (SQLite commit): " + "; ".join(
         f"{sync} p50 {1000 * statistics.median(t):.2f} ms, p99 "
         f"{1000 * t[int(0.99 * (len(t) - 1))]:.2f} ms" for sync, t in appends.items()))
     print(f"fsync of a 512-byte append in the audit log's directory, after the run: p50 "
