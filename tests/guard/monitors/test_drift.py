@@ -180,3 +180,25 @@ def test_psi_running_window_counts_equal_a_fresh_count() -> None:
             assert mon.last_result.statistic == mon._test(mon._window.values()).statistic
     mon.reset()
     assert int(mon._counts.sum()) == 0
+
+
+def test_mmd_running_kernel_sums_equal_a_fresh_computation() -> None:
+    """The streaming MMD keeps its window's kernel sums as rows enter (rows and columns of the
+    window's kernel matrix rewritten); after pushes smaller and larger than the window, wrapping
+    or not, every tested statistic equals computing the window's MMD afresh."""
+    g = torch.Generator().manual_seed(5)
+    mon = MMDDrift(dim=3, calibration=Calibration(window=40, n_windows=20, test_every=1))
+    mon.fit(torch.randn(300, 10, generator=g, dtype=torch.float64))
+    tested = 0
+    for size in (7, 30, 13, 1, 39, 40, 100, 3, 41, 2, 40, 17):
+        shift = 0.3 if size % 2 else 0.0
+        mon.update(torch.randn(size, 10, generator=g, dtype=torch.float64) + shift)
+        assert mon._window is not None
+        if mon._window.full:
+            fresh = mon._test(mon._window.values()).statistic
+            assert mon.last_result is not None and mon.last_result.evaluated
+            assert mon.last_result.statistic == pytest.approx(fresh, rel=1e-9, abs=1e-12), size
+            tested += 1
+    assert tested >= 9
+    mon.reset()
+    assert float(mon._kyy.abs().sum()) == 0.0

@@ -247,9 +247,14 @@ class Monitor(abc.ABC):
     # optional hooks: a monitor that keeps running sums of its window (PSIDrift's bin counts)
     # updates them as rows enter and leave, and tests the window from them
     _tracks_window = False
+    _needs_leaving = False  # pass the rows a push overwrites (a copy) to _window_changed
 
-    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:  # noqa: B027
-        """Rows entered the window and others (or None) left it (``_tracks_window`` only)."""
+    def _window_changed(  # noqa: B027 - optional hook, nothing to do by default
+        self, entering: Tensor, leaving: Tensor | None, slots: Tensor
+    ) -> None:
+        """Rows entered the window at positions ``slots`` of its buffer and others left it
+        (those rows when ``_needs_leaving``, else None); ``_tracks_window`` only, after the
+        push."""
 
     def _window_cleared(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """The window was emptied (fit, reset)."""
@@ -351,9 +356,13 @@ class Monitor(abc.ABC):
         with self._lock:
             assert self._window is not None
             if self._tracks_window:
-                leaving = self._window.evicted_by(feats.shape[0])
-                self._window.push(feats)
-                self._window_changed(feats[-self.calibration.window :], leaving)
+                entering = feats[-self.calibration.window :]
+                leaving = (self._window.evicted_by(entering.shape[0])
+                           if self._needs_leaving else None)
+                slots = (torch.arange(entering.shape[0], device=feats.device)
+                         + self._window.pos) % self.calibration.window
+                self._window.push(entering)
+                self._window_changed(entering, leaving, slots)
             else:
                 self._window.push(feats)
             self.samples_seen += feats.shape[0]

@@ -26,6 +26,7 @@ from bastion.core.errors import ConfigurationError
 from bastion.guard.monitors._base import Calibration, Monitor, WindowStatistic
 from bastion.guard.monitors._stats import (
     Correction,
+    _sq_dists,
     adjust_p_values,
     bin_index_counts,
     bin_index_proportions,
@@ -200,6 +201,7 @@ class PSIDrift(Monitor):
         self._counts = torch.zeros(0, dtype=torch.int64)
 
     _tracks_window = True
+    _needs_leaving = True
 
     def fit(self, reference: Tensor) -> PSIDrift:
         """Fit the bin edges on the statistics part of the reference, then as every monitor."""
@@ -226,7 +228,7 @@ class PSIDrift(Monitor):
         self._counts = torch.zeros(self.reference_proportions.shape, dtype=torch.int64,
                                    device=self.reference_proportions.device)
 
-    def _window_changed(self, entering: Tensor, leaving: Tensor | None) -> None:
+    def _window_changed(self, entering: Tensor, leaving: Tensor | None, slots: Tensor) -> None:
         self._counts += bin_index_counts(entering, self.n_bins)
         if leaving is not None:
             self._counts -= bin_index_counts(leaving, self.n_bins)
@@ -273,6 +275,13 @@ class MMDDrift(Monitor):
     The projection to ``dim`` dimensions (seeded, scaled by ``1/sqrt(d)``) keeps the kernel cheap
     and the state small; the bandwidth is the median heuristic on the projected reference.
 
+    The streaming window keeps its kernel sums as it changes (float64): each entering row's
+    mean kernel against the reference, and the window's kernel matrix, whose rows and columns
+    are rewritten for the rows that enter. A test then sums what is kept instead of computing
+    the ``reference x window`` and ``window x window`` kernels again (a row costs
+    ``max_reference + window`` kernel values once, instead of about ``(max_reference + window)
+    x window / test_every``). Tests of other windows (calibration, ``score``) compute afresh.
+
     Args:
         dim: projected dimensions.
         max_reference: reference samples kept (each update costs ``O(max_reference * window)``).
@@ -302,6 +311,12 @@ class MMDDrift(Monitor):
         self.bandwidth = math.nan
         self._ref = torch.empty(0)
         self._kxx_mean = torch.empty(0)
+        self._row_kxy = torch.empty(0, dtype=torch.float64)  # per window slot
+        self._kyy = torch.empty(0, 0, dtype=torch.float64)  # window slot x slot
+        self._ref64 = torch.empty(0, dtype=torch.float64)
+        self._gamma = math.nan
+
+    _tracks_window = True
 
     @property
     def reference(self) -> Tensor:
@@ -330,3 +345,27 @@ class MMDDrift(Monitor):
     def _test(self, window: Tensor) -> WindowStatistic:
         value = mmd2_unbiased(self._ref, window, self.bandwidth, self._kxx_mean)
         return WindowStatistic(statistic=float(value), detail={"bandwidth": self.bandwidth})
+
+    def _window_cleared(self) -> None:
+        size = self.calibration.window
+        device = self._ref.device
+        self._ref64 = self._ref.double()
+        self._gamma = 1.0 / (2.0 * self.bandwidth * self.bandwidth)
+        self._row_kxy = torch.zeros(size, dtype=torch.float64, device=device)
+        self._kyy = torch.zeros(size, size, dtype=torch.float64, device=device)
+
+    def _window_changed(self, entering: Tensor, leaving: Tensor | None, slots: Tensor) -> None:
+        assert self._window is not None
+        new = entering.double()
+        self._row_kxy[slots] = torch.exp(-self._gamma * _sq_dists(new, self._ref64)).mean(1)
+        # against every slot (unfilled ones too: their entries are rewritten when they fill)
+        k = torch.exp(-self._gamma * _sq_dists(new, self._window.buffer.double()))
+        self._kyy[slots] = k
+        self._kyy[:, slots] = k.t()
+
+    def _test_own_window(self) -> WindowStatistic:
+        assert self._window is not None and self._window.full
+        m = self._window.count
+        kyy = (self._kyy.sum() - self._kyy.diagonal().sum()) / (m * (m - 1))
+        value = float(self._kxx_mean) + float(kyy) - 2.0 * float(self._row_kxy.mean())
+        return WindowStatistic(statistic=value, detail={"bandwidth": self.bandwidth})
