@@ -236,6 +236,8 @@ class Square(Attack):
             f_best = torch.where(better, f, f_best)
             x_best = torch.where(better.view(-1, 1, 1, 1), x_new, x_best)
             broken = ctx.is_adversarial(logits, ys, self.targeted)
+            if not bool(broken.any()):  # most iterations: nothing to drop, nothing to copy
+                continue
             result[idx[broken]] = x_new[broken]
             keep = ~broken
             idx, x0, ys, x_best, f_best = idx[keep], x0[keep], ys[keep], x_best[keep], f_best[keep]
