@@ -51,6 +51,22 @@ def test_train_writes_a_working_model_metrics_and_report_and_resumes(
             (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_train_says_when_the_guard_finds_a_run_that_learns_no_robustness(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # eps 0.5 on [0, 1] pixels reaches the all-grey image from every input: no model can be
+    # robust there, so FGSM-RS stays at chance and the guard must say so (and continue, as asked)
+    code, stdout, err = _run(
+        capsys, "train", "--model", MLP, "--data", "digits", "--method", "fgsm-rs", "--eps",
+        "0.5", "--lr", "0.01", "--epochs", "6", "--overfit-fallback", "continue", "--out",
+        str(tmp_path / "run"))
+    assert code == 0, err
+    assert "overfitting guard: no robustness learned by epoch" in stdout
+    assert "eps_warmup" in stdout
+    events = json.loads((tmp_path / "run" / "train.json").read_text())["guard_events"]
+    assert len(events) == 1 and events[0].endswith(": continue")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -110,7 +110,8 @@ def train(
     noise_sigma: float = typer.Option(0.0, "--noise-sigma", help="Gaussian-noise augmentation."),
     guard_fallback: str = typer.Option(
         "stop", "--overfit-fallback",
-        help="On catastrophic overfitting: stop (restore best), pgd (switch) or continue.",
+        help="On catastrophic overfitting (restoring the best epoch) or a single-step run that "
+        "learns no robustness: stop, pgd (switch to PGD-AT) or continue.",
     ),
     seed: int = typer.Option(0, "--seed"),
     weights: Path | None = typer.Option(None, "--weights", help="Initial weights."),
@@ -154,7 +155,10 @@ def train(
         say(f"trained {config.method.value}: clean {last.clean_accuracy:.1%}, robust {robust} "
             f"after {len(result.history)} epochs in {result.seconds:.0f} s", markup=False,
             highlight=False)
-    if result.stopped_reason:
+    for event in result.guard_events:  # collapses and stalls, with the fallback applied
+        say(f"overfitting guard: {escape(event)}", highlight=False)
+    if result.stopped_reason and not any(
+            e.startswith(result.stopped_reason) for e in result.guard_events):
         say(f"stopped: {escape(result.stopped_reason)}", highlight=False)
     say(f"wrote {escape(str(out / 'model.safetensors'))}, metrics.jsonl and "
         f"{escape(str(html))}", highlight=False)
