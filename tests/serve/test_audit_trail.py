@@ -138,6 +138,22 @@ def test_audit_durability_is_normal_by_default_full_on_request(
     assert not (tmp_path / "never.db").exists()
 
 
+def test_cli_audit_sync_is_documented_and_checked(keys: tuple[Path, str], tmp_path: Path) -> None:
+    helped = subprocess.run([*BASTION, "serve", "--help"], capture_output=True, text=True,
+                            timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())
+    assert "--audit-sync" in text and "kill -9" in text and "power loss" in text
+    result = subprocess.run(
+        [*BASTION, "serve", "--model", "demo", "--keys", str(keys[0]), "--port",
+         str(_free_port()), "--audit-log", str(tmp_path / "a.db"), "--audit-sync", "off"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--audit-sync must be normal or full" in " ".join(result.stderr.split())
+    assert not (tmp_path / "a.db").exists()
+
+
 def test_refuses_to_start_with_a_tampered_signed_model(
     demo_parts: Any, keys: tuple[Path, str], tmp_path: Path
 ) -> None:
