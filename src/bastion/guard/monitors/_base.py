@@ -215,6 +215,11 @@ class Monitor(abc.ABC):
     Subclasses implement three hooks: ``_features`` (raw batch to per-sample feature rows),
     ``_fit_reference`` (store the statistics of the reference part) and ``_test`` (statistic of a
     window of feature rows). The base owns calibration, the window and the result.
+
+    A monitor whose test is a sum over the window's rows may also keep that sum as rows enter and
+    leave (``_tracks_window``, ``_window_changed``, ``_window_cleared``, ``_test_own_window``):
+    the streaming test then reads it instead of recomputing it; ``_test`` stays the reference
+    for calibration and ``score`` (PSI's bin counts and MMD's kernel sums do this).
     """
 
     source: Source = Source.INPUTS
