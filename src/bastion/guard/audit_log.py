@@ -7,7 +7,7 @@ SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronou
 killed, ``kill -9`` included; ``synchronous="FULL"`` also fsyncs it, to survive an OS crash or
 power loss), triggers that abort any UPDATE or DELETE,
 one connection shared by server threads, whose concurrent appends are group-committed (one
-transaction and one fsync for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
+transaction, and one fsync under ``FULL``, for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
 shares one log between replicas (needs ``psycopg``). Logs written before the ``api_key`` column
 existed are migrated when opened (the column is added; old rows have no caller).
 
@@ -230,7 +230,8 @@ def _since_text(since: dt.datetime | str | None) -> str | None:
 class AuditLog:
     """An append-only audit log; use :meth:`open` to get one.
 
-    Appends are thread-safe and durable when they return. There is no update or delete API, and
+    Appends are thread-safe and committed when they return (they survive the process being
+    killed; with ``synchronous="FULL"`` also a power loss). There is no update or delete API, and
     the database itself refuses UPDATE and DELETE on the table.
     """
 
