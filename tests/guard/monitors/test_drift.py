@@ -202,3 +202,19 @@ def test_mmd_running_kernel_sums_equal_a_fresh_computation() -> None:
     assert tested >= 9
     mon.reset()
     assert float(mon._kyy.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("fraction", [None, 0.4])
+def test_psi_calibration_shortcut_equals_the_base_draws(fraction: float | None) -> None:
+    """PSI counts a calibration draw's pseudo-reference as the whole minus the rest: the same
+    draws and counts as the base's generic loop, so exactly the same null statistics."""
+    from bastion.guard.monitors._base import Monitor
+
+    g = torch.Generator().manual_seed(8)
+    cal = Calibration(window=30, n_windows=25, reference_fraction=fraction)
+    mon = PSIDrift(calibration=cal).fit(torch.randn(120, 4, generator=g))
+    feats = mon._features(torch.randn(120, 4, generator=g))
+    n_stats = cal.split(120)[0].numel()
+    fast = mon._null_statistics(feats, n_stats)
+    generic = Monitor._null_statistics(mon, feats, n_stats)
+    assert torch.equal(fast, generic)

@@ -6,7 +6,8 @@ Its alarm threshold is calibrated to a false-alarm rate on the reference itself.
 ``n_windows`` calibration draws splits the reference afresh: a pseudo-reference of the size the
 monitor keeps its statistics on, and a disjoint window of the production window size; the test
 statistic of that window against statistics fitted on that pseudo-reference is one draw of the
-null distribution. Two-sample tests on large samples flag differences nobody cares about
+null distribution (a monitor may hold fixed what production holds fixed: PSI's bin edges,
+MMD's kernel bandwidth). Two-sample tests on large samples flag differences nobody cares about
 (evidently#50, alibi-detect#646); calibrating on windows of the size actually tested avoids
 trusting ``p < 0.05`` raw.
 
