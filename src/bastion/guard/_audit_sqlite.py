@@ -147,8 +147,8 @@ class SQLiteBackend:
             self._rows_since_checkpoint = 0
             self._wake_checkpointer()
 
-    def _commit_one(self, pending: _Pending) -> None:
-        """One autocommitted INSERT: the same transaction as a group of one, in one statement."""
+    def _insert(self, pending: _Pending) -> None:
+        """INSERT one row; a duplicate request id is that row's error, not the group's."""
         try:
             self._conn.execute(
                 "INSERT INTO audit (request_id, time, outcome, api_key, record) "
@@ -159,6 +159,11 @@ class SQLiteBackend:
             pending.error = InputValidationError(
                 f"request id {pending.row[0]!r} is already in the audit log; ids must be unique"
             )
+
+    def _commit_one(self, pending: _Pending) -> None:
+        """One autocommitted INSERT: the same transaction as a group of one, in one statement."""
+        try:
+            self._insert(pending)
         except BaseException as err:
             pending.error = err
             if not isinstance(err, Exception):
@@ -170,17 +175,7 @@ class SQLiteBackend:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             for pending in group:
-                try:
-                    self._conn.execute(
-                        "INSERT INTO audit (request_id, time, outcome, api_key, record) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        pending.row,
-                    )
-                except sqlite3.IntegrityError:
-                    pending.error = InputValidationError(
-                        f"request id {pending.row[0]!r} is already in the audit log; ids must "
-                        "be unique"
-                    )
+                self._insert(pending)
             self._conn.execute("COMMIT")
         except BaseException as err:
             if self._conn.in_transaction:
