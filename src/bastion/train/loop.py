@@ -32,7 +32,7 @@ from bastion.train._data import DEFAULT_BOUNDS, TrainData, prepare
 from bastion.train.config import GuardFallback, TrainConfig, TrainMethod
 from bastion.train.distributed import DistContext, setup
 from bastion.train.methods import batch_loss, random_start
-from bastion.train.overfit import Monitor, collapsed, stalled
+from bastion.train.overfit import STALL_PREFIX, Monitor, collapsed, stall_message
 from bastion.train.results import EpochMetrics, TrainResult
 
 __all__ = ["fit"]
@@ -286,61 +286,44 @@ class _Run:
         return loss.detach().to(torch.float64)
 
     def _judge(self, metrics: EpochMetrics) -> None:
-        """Track the best epoch; on a collapse, restore it and apply the fallback."""
-        robust = metrics.robust_accuracy
-        if (self.config.guard_enabled and robust is not None and self.best_robust is not None
+        """Track the best epoch; on a collapse restore it, on a collapse or a stall apply the
+        fallback (see :mod:`bastion.train.overfit`)."""
+        c, robust = self.config, metrics.robust_accuracy
+        if (c.guard_enabled and robust is not None and self.best_robust is not None
                 and collapsed(robust, self.best_robust)):
             message = (f"catastrophic overfitting at epoch {metrics.epoch} (PGD accuracy "
                        f"{self.best_robust:.1%} -> {robust:.1%})")
-            fallback = self.config.guard_fallback
             _logger.warning("%s: restoring the weights of epoch %s, fallback %s", message,
-                            self.best_epoch, fallback.value)
-            self.events.append(f"{message}: restored epoch {self.best_epoch}, {fallback.value}")
+                            self.best_epoch, c.guard_fallback.value)
+            self.events.append(f"{message}: restored epoch {self.best_epoch}, "
+                               f"{c.guard_fallback.value}")
             if self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
-            if fallback is GuardFallback.STOP:
-                self.stopped = message
-            elif fallback is GuardFallback.PGD:
-                self.method = TrainMethod.PGD
+            self._fall_back(message)
             return
-        if self._stalled(metrics):
-            return
+        if (c.guard_enabled and c.threat is not None and self.method is TrainMethod.FGSM_RS
+                and not any(e.startswith(STALL_PREFIX) for e in self.events)):
+            # judged from the history, so a resumed run judges exactly as an uninterrupted one
+            stall = stall_message(self.history, c.threat.eps, self.monitor.y)
+            if stall is not None:
+                _logger.warning("%s: fallback %s", stall, c.guard_fallback.value)
+                self.events.append(f"{stall}: {c.guard_fallback.value}")
+                self._fall_back(stall)
+                if c.guard_fallback is not GuardFallback.CONTINUE:
+                    return
         score = robust if robust is not None else metrics.clean_accuracy
         if score > self.best_score:
             self.best_score, self.best_epoch = score, metrics.epoch
             self.best_robust = robust
-            if self.config.guard_enabled:
+            if c.guard_enabled:
                 self.best_state = _state_copy(self.model)
 
-    def _stalled(self, metrics: EpochMetrics) -> bool:
-        """A single-step run that never learned robustness: say so once, apply the fallback."""
-        c = self.config
-        if not (c.guard_enabled and c.threat is not None and metrics.robust_accuracy is not None
-                and self.method is TrainMethod.FGSM_RS):
-            return False
-        if any(e.startswith("no robustness learned") for e in self.events):
-            return False
-        # derived from the history, so a resumed run judges exactly as an uninterrupted one
-        full = [m.robust_accuracy for m in self.history
-                if m.method == TrainMethod.FGSM_RS.value and m.robust_accuracy is not None
-                and m.eps >= c.threat.eps * (1 - 1e-9)]
-        y = self.monitor.y
-        chance = 1 / (int(y.max()) + 1 if y.dim() == 1 else y.shape[1])
-        if not stalled(full, chance):
-            return False
-        fallback = c.guard_fallback
-        message = (f"no robustness learned by epoch {metrics.epoch}: PGD accuracy at most "
-                   f"{max(full):.1%} over {len(full)} epochs at the full eps {c.threat.eps:g} "
-                   f"(chance {chance:.1%}) while clean accuracy reached "
-                   f"{metrics.clean_accuracy:.1%}; the single step is defeated from the start "
-                   "(use eps_warmup of about a third of the epochs, a smaller eps, or method pgd)")
-        _logger.warning("%s: fallback %s", message, fallback.value)
-        self.events.append(f"{message}: {fallback.value}")
+    def _fall_back(self, message: str) -> None:
+        fallback = self.config.guard_fallback
         if fallback is GuardFallback.STOP:
             self.stopped = message
         elif fallback is GuardFallback.PGD:
             self.method = TrainMethod.PGD
-        return fallback is not GuardFallback.CONTINUE
 
     # -- checkpoints -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ restoring: no epoch was better).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,10 +36,11 @@ from torch import nn
 from bastion.core.threat import ThreatModel
 from bastion.train.distributed import DistContext
 from bastion.train.methods import monitor_accuracy
+from bastion.train.results import EpochMetrics
 
 __all__ = [
     "COLLAPSE_DROP", "GUARD_PGD_STEPS", "STALL_EPOCHS", "STALL_MARGIN", "STALL_WINDOW", "Monitor",
-    "collapsed", "stalled",
+    "STALL_PREFIX", "collapsed", "stall_message", "stalled",
 ]
 
 COLLAPSE_DROP = 0.20
@@ -47,6 +49,7 @@ STALL_EPOCHS = 4
 STALL_WINDOW = 3
 STALL_MARGIN = 0.10
 _STALL_GAIN = 0.02
+STALL_PREFIX = "no robustness learned"
 _MONITOR_STREAM = 0x6D6F6E  # separates the monitor batch's randomness from training's
 
 
@@ -75,6 +78,21 @@ def stalled(full_eps_robust: list[float], chance: float) -> bool:
         return False
     earlier, recent = full_eps_robust[:-STALL_WINDOW], full_eps_robust[-STALL_WINDOW:]
     return max(recent) < max(earlier) + _STALL_GAIN
+
+
+def stall_message(history: Sequence[EpochMetrics], eps: float, labels: torch.Tensor) -> str | None:
+    """The guard's message when the FGSM-RS epochs of ``history`` at the full ``eps`` have
+    :func:`stalled`, else None; ``labels`` (the monitor batch's) give the chance level."""
+    full = [m.robust_accuracy for m in history if m.method == "fgsm-rs"
+            and m.robust_accuracy is not None and m.eps >= eps * (1 - 1e-9)]
+    chance = 1 / (int(labels.max()) + 1 if labels.dim() == 1 else labels.shape[1])
+    if not history or not stalled(full, chance):
+        return None
+    last = history[-1]
+    return (f"{STALL_PREFIX} by epoch {last.epoch}: PGD accuracy at most {max(full):.1%} over "
+            f"{len(full)} epochs at the full eps {eps:g} (chance {chance:.1%}) while clean "
+            f"accuracy reached {last.clean_accuracy:.1%}; the single step is defeated from the "
+            "start (use eps_warmup of about a third of the epochs, a smaller eps, or method pgd)")
 
 
 @dataclasses.dataclass
