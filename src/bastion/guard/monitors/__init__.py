@@ -17,14 +17,9 @@ DetectorMonitor     inputs   share of detector scores above an FPR threshold
 ==================  =======  ======================================================
 """
 
-from bastion.guard.monitors._base import (
-    Calibration,
-    Monitor,
-    MonitorResult,
-    Source,
-    WindowStatistic,
-)
+from bastion.guard.monitors._base import Monitor, MonitorResult, Source, WindowStatistic
 from bastion.guard.monitors._stats import Correction
+from bastion.guard.monitors.calibration import Calibration
 from bastion.guard.monitors.detector import DetectorMonitor, exceedance_test
 from bastion.guard.monitors.drift import KSDrift, MMDDrift, PSIDrift, ks_drift, mmd2, psi
 from bastion.guard.monitors.predictions import (

@@ -9,18 +9,8 @@ statistic of that window against statistics fitted on that pseudo-reference is o
 null distribution (a monitor may hold fixed what production holds fixed: PSI's bin edges,
 MMD's kernel bandwidth). Two-sample tests on large samples flag differences nobody cares about
 (evidently#50, alibi-detect#646); calibrating on windows of the size actually tested avoids
-trusting ``p < 0.05`` raw.
-
-Why a fresh split per draw, and not one fixed split with windows drawn from its held-out part
-(what this module did before): windows drawn without replacement from one held-out pool vary
-less than fresh windows do (a window of 200 out of a pool of 500 shares 40% of the pool; the
-pool's variance shrinks by the finite-population factor ``1 - 200/500``), and all of them share
-the one offset between that pool and the statistics part, so the threshold rested on a single
-draw of luck. On the demo's confidence monitor the fixed split put the threshold at ``p = 0.31``
-instead of about 0.05, and a model retrained with other float rounding alarmed on 22% of clean
-windows against a 5% target. Two disjoint random samples of one pool differ exactly as two
-samples from the population do (the finite-population terms cancel), so re-splitting gives
-the null of "a reference of this size against a fresh window" - what production sees.
+trusting ``p < 0.05`` raw (:mod:`bastion.guard.monitors.calibration` says why a fresh split
+per draw).
 """
 
 from __future__ import annotations
@@ -38,8 +28,10 @@ from torch import Tensor
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
+from bastion.guard.monitors._window import _Window
+from bastion.guard.monitors.calibration import Calibration
 
-__all__ = ["Calibration", "Monitor", "MonitorResult", "Source", "WindowStatistic"]
+__all__ = ["Monitor", "MonitorResult", "Source", "WindowStatistic"]
 
 M = TypeVar("M", bound="Monitor")
 
@@ -49,73 +41,6 @@ class Source(enum.Enum):
 
     INPUTS = "inputs"
     OUTPUTS = "outputs"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Calibration:
-    """How a monitor's window is sized and its alarm threshold calibrated.
-
-    Attributes:
-        window: samples per tested window (the ring buffer size); the null distribution is
-            simulated for exactly this size.
-        false_alarm_rate: target probability that a window of clean data raises an alarm.
-        n_windows: calibration draws that estimate the threshold (its ``1 - rate`` quantile);
-            each re-splits the reference into a pseudo-reference and a disjoint window.
-        reference_fraction: share of the reference the monitor keeps its statistics on;
-            calibration pseudo-references have the same size, so the reference must hold at
-            least ``window`` samples beyond it. None (default): all but one window's worth -
-            the largest reference the calibration can mirror, and the one whose own sampling
-            error (which no calibration can see) is smallest.
-        seed: seeds the split and the calibration draws, so calibration is reproducible.
-        test_every: the window is re-tested once this many new samples have arrived (a test
-            costs the same for one new sample as for a full window); None means
-            ``max(1, window // 10)``. Updates in between return the last verdict with
-            ``evaluated=False``.
-    """
-
-    window: int = 200
-    false_alarm_rate: float = 0.05
-    n_windows: int = 200
-    reference_fraction: float | None = None
-    seed: int = 0
-    test_every: int | None = None
-
-    @property
-    def stride(self) -> int:
-        """Samples between two tests of the window."""
-        return max(1, self.window // 10) if self.test_every is None else self.test_every
-
-    def __post_init__(self) -> None:
-        if self.window < 2:
-            raise ConfigurationError(f"window must be at least 2, got {self.window}")
-        if not 0.0 < self.false_alarm_rate < 1.0:
-            raise ConfigurationError(
-                f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}"
-            )
-        if self.n_windows * self.false_alarm_rate < 1.0:
-            raise ConfigurationError(
-                f"n_windows={self.n_windows} is too few to estimate a {self.false_alarm_rate} "
-                f"quantile; use at least {math.ceil(1 / self.false_alarm_rate)}"
-            )
-        if self.test_every is not None and self.test_every < 1:
-            raise ConfigurationError(f"test_every must be at least 1, got {self.test_every}")
-        if self.reference_fraction is not None and not 0.0 < self.reference_fraction < 1.0:
-            raise ConfigurationError(
-                f"reference_fraction must be in (0, 1), got {self.reference_fraction}"
-            )
-
-    def split(self, n: int) -> tuple[Tensor, Tensor]:
-        """Indices of the reference part used for statistics and of the held-out part.
-
-        Seeded by ``seed``; :meth:`Monitor.fit` uses exactly this split.
-        """
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        if self.reference_fraction is None:
-            n_stats = n - self.window
-        else:
-            n_stats = int(round(n * self.reference_fraction))
-        n_stats = min(max(n_stats, 0), n)
-        return perm[:n_stats], perm[n_stats:]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,49 +82,6 @@ class WindowStatistic(Result):
     statistic: float
     p_value: float | None = None
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-class _Window:
-    """Ring buffer of the last ``size`` feature rows; its memory is allocated once."""
-
-    def __init__(self, size: int, width: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.buffer = torch.empty(size, width, dtype=dtype, device=device)
-        self.pos = 0
-        self.count = 0
-
-    def push(self, rows: Tensor) -> None:
-        size = self.buffer.shape[0]
-        rows = rows[-size:]
-        n = rows.shape[0]
-        first = min(n, size - self.pos)
-        self.buffer[self.pos : self.pos + first] = rows[:first]
-        self.buffer[: n - first] = rows[first:]
-        self.pos = (self.pos + n) % size
-        self.count = min(self.count + n, size)
-
-    def evicted_by(self, n: int) -> Tensor | None:
-        """The rows that pushing ``n`` more rows will overwrite (a copy), or None when none.
-
-        While the window fills, ``pos == count`` and only writes that wrap past the end reach
-        filled rows; once it is full every written position held a row.
-        """
-        size = self.buffer.shape[0]
-        n = min(n, size)
-        if self.count < size:
-            wrapped = self.pos + n - size  # positions 0..wrapped-1 are rewritten
-            return self.buffer[:wrapped].clone() if wrapped > 0 else None
-        first = min(n, size - self.pos)
-        head = self.buffer[self.pos : self.pos + first]
-        if first == n:
-            return head.clone()
-        return torch.cat([head, self.buffer[: n - first]])
-
-    def values(self) -> Tensor:
-        return self.buffer[: self.count]  # order is irrelevant to two-sample tests
-
-    @property
-    def full(self) -> bool:
-        return self.count == self.buffer.shape[0]
 
 
 def _as_batch(x: Tensor, what: str) -> Tensor:

@@ -26,7 +26,8 @@ from scipy import stats
 from torch import Tensor
 
 from bastion.core.errors import ConfigurationError, InputValidationError
-from bastion.guard.monitors._base import Calibration, Monitor, WindowStatistic, _as_batch
+from bastion.guard.monitors._base import Monitor, WindowStatistic, _as_batch
+from bastion.guard.monitors.calibration import Calibration
 
 __all__ = ["DetectorMonitor", "exceedance_test"]
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bastion.core.errors import ConfigurationError
-from bastion.guard.monitors._base import Calibration, Monitor, WindowStatistic
+from bastion.guard.monitors._base import Monitor, WindowStatistic
 from bastion.guard.monitors._stats import (
     Correction,
     _sq_dists,
@@ -40,6 +40,7 @@ from bastion.guard.monitors._stats import (
     psi_values,
     rbf_offdiagonal_mean,
 )
+from bastion.guard.monitors.calibration import Calibration
 
 __all__ = ["Correction", "KSDrift", "MMDDrift", "PSIDrift", "ks_drift", "mmd2", "psi"]
 

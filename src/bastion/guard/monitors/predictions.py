@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 from bastion.core.errors import ConfigurationError, InputValidationError
-from bastion.guard.monitors._base import Calibration, Monitor, Source, WindowStatistic
+from bastion.guard.monitors._base import Monitor, Source, WindowStatistic
 from bastion.guard.monitors._stats import Correction, chi_square
+from bastion.guard.monitors.calibration import Calibration
 from bastion.guard.monitors.drift import _ks_test
 
 __all__ = [
