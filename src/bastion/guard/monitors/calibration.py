@@ -1,15 +1,16 @@
 """How a monitor's window is sized and its alarm threshold calibrated.
 
-Why a fresh split per draw, and not one fixed split with windows drawn from its held-out part
-(what this module did before): windows drawn without replacement from one held-out pool vary
-less than fresh windows do (a window of 200 out of a pool of 500 shares 40% of the pool; the
-pool's variance shrinks by the finite-population factor ``1 - 200/500``), and all of them share
-the one offset between that pool and the statistics part, so the threshold rested on a single
-draw of luck. On the demo's confidence monitor the fixed split put the threshold at ``p = 0.31``
-instead of about 0.05, and a model retrained with other float rounding alarmed on 22% of clean
-windows against a 5% target. Two disjoint random samples of one pool differ exactly as two
-samples from the population do (the finite-population terms cancel), so re-splitting gives
-the null of "a reference of this size against a fresh window" - what production sees.
+Each calibration draw splits the reference afresh. Why not one fixed split with windows drawn
+from its held-out part (what bastion did before)? Windows drawn without replacement from one
+held-out pool vary less than fresh windows do (a window of 200 out of a pool of 500 shares 40%
+of the pool; the pool's variance shrinks by the finite-population factor ``1 - 200/500``), and
+all of them share the one offset between that pool and the statistics part, so the threshold
+rested on a single draw of luck. On the demo's confidence monitor the fixed split put the
+threshold at ``p = 0.31`` instead of about 0.05, and a model retrained with other float
+rounding alarmed on 22% of clean windows against a 5% target. Two disjoint random samples of
+one pool differ exactly as two samples from the population do (the finite-population terms
+cancel), so re-splitting gives the null of "a reference of this size against a fresh window" -
+what production sees.
 """
 
 from __future__ import annotations
