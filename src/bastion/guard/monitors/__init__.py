@@ -21,7 +21,8 @@ from bastion.guard.monitors._base import Monitor, MonitorResult, Source, WindowS
 from bastion.guard.monitors._stats import Correction
 from bastion.guard.monitors.calibration import Calibration
 from bastion.guard.monitors.detector import DetectorMonitor, exceedance_test
-from bastion.guard.monitors.drift import KSDrift, MMDDrift, PSIDrift, ks_drift, mmd2, psi
+from bastion.guard.monitors.drift import KSDrift, PSIDrift, ks_drift, psi
+from bastion.guard.monitors.mmd import MMDDrift, mmd2
 from bastion.guard.monitors.predictions import (
     ClassDrift,
     ConfidenceDrift,
