@@ -30,12 +30,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bastion.core.config_files import read_config_file
 from bastion.core.errors import ConfigurationError
 from bastion.guard.alerts import (
     AlertManager,
@@ -48,11 +47,6 @@ from bastion.guard.alerts import (
     WebhookSink,
     default_rules,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 __all__ = ["AlertConfig", "WebhookConfig"]
 
@@ -217,22 +211,7 @@ class AlertConfig:
                 wrong (the message names the file and the key).
         """
         file = Path(path)
-        suffix = file.suffix.lower()
-        if suffix not in (".toml", ".json"):
-            raise ConfigurationError(
-                f"alerts file {file}: unknown format {file.suffix!r}; use a .toml or .json file"
-            )
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigurationError(f"alerts file {file} does not exist") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigurationError(f"alerts file {file} cannot be read: {err}") from None
-        try:
-            data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            kind = "TOML" if suffix == ".toml" else "JSON"
-            raise ConfigurationError(f"alerts file {file} is not valid {kind}: {err}") from None
+        data = read_config_file(file, "alerts")
         return cls.from_dict(data, where=f"alerts file {file}")
 
     def check_monitors(self, names: Iterable[str]) -> None:

@@ -10,19 +10,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bastion.core.config_files import read_config_file
 from bastion.core.errors import ConfigurationError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "DTYPES",
@@ -112,22 +107,7 @@ def check_type(value: Any, key: str, kinds: type | tuple[type, ...], where: str)
 
 def read_schema_file(path: Path) -> dict[str, Any]:
     """The top-level table of a ``.toml`` or ``.json`` schema file."""
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json"):
-        raise ConfigurationError(
-            f"schema file {path}: unknown format {path.suffix!r}; use a .toml or .json file"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigurationError(f"schema file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"schema file {path} cannot be read: {error}") from None
-    try:
-        data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        kind = "TOML" if suffix == ".toml" else "JSON"
-        raise ConfigurationError(f"schema file {path} is not valid {kind}: {error}") from None
+    data = read_config_file(path, "schema")
     if not isinstance(data, dict):
         raise ConfigurationError(f"schema file {path}: the top level must be a table / object")
     return data

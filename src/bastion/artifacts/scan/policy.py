@@ -19,16 +19,11 @@ import _compat_pickle
 import dataclasses
 import enum
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from bastion.core.config_files import read_config_file
 from bastion.core.errors import ConfigurationError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["DEFAULT_POLICY", "ImportClass", "Policy", "load_policy", "normalise"]
 
@@ -275,12 +270,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def load_policy(path: str | Path, base: Policy | None = None) -> Policy:
     """Read a TOML policy file: ``allow = ["mypkg.models.Net", "mypkg.layers.*"]``."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigurationError(f"policy file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"policy file {path} is not valid TOML: {exc}") from None
+    data = read_config_file(path, "policy", json_allowed=False)
     unknown_keys = set(data) - {"allow", "name"}
     if unknown_keys:
         raise ConfigurationError(
