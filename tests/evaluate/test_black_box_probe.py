@@ -129,9 +129,9 @@ def test_rounds_stop_at_the_first_that_breaks_none() -> None:
     assert "until a round broke none" in note
 
 
-def test_a_random_probe_ranks_nothing_and_finds_little() -> None:
-    # the same data with probe rounds in random order (no white-box stage to rank them) would
-    # need every survivor: the margin order is what makes the probe cheap, checked by contrast
+def test_square_alone_breaks_exactly_the_near_samples() -> None:
+    # the ground truth the margin-order test relies on: run on every sample, Square breaks the
+    # same number as there are near ones (30)
     x, y, is_near = _near_boundary_data()
     result = robustness(_Linear(masked=False), (x, y), ThreatModel(eps=0.05), "square",
                         sanity=False, progress=False)

@@ -56,6 +56,11 @@ class AttackContext:
         self.stats = stats
         self.num_classes = num_classes
 
+    def settings(self) -> dict[str, Any]:
+        """Everything but the model, for a context that wraps this one's model calls."""
+        return {"threat": self.threat, "generator": self.generator, "autocast": self.autocast,
+                "stats": self.stats, "num_classes": self.num_classes}
+
     @contextlib.contextmanager
     def _precision(self, x: torch.Tensor) -> Iterator[None]:
         if self.autocast is None:

@@ -77,14 +77,7 @@ class _ExpectationContext(AttackContext):
     """An attack context whose model calls are averages over ``samples`` passes."""
 
     def __init__(self, ctx: AttackContext, samples: int) -> None:
-        super().__init__(
-            ctx.model,
-            threat=ctx.threat,
-            generator=ctx.generator,
-            autocast=ctx.autocast,
-            stats=ctx.stats,
-            num_classes=ctx.num_classes,
-        )
+        super().__init__(ctx.model, **ctx.settings())
         self.samples = samples
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -93,14 +93,7 @@ class _ConsensusContext(AttackContext):
     """Model calls averaged over k passes; a sample counts as broken only when q of them agree."""
 
     def __init__(self, ctx: AttackContext, model: nn.Module, samples: int, consensus: float):
-        super().__init__(
-            model,
-            threat=ctx.threat,
-            generator=ctx.generator,
-            autocast=ctx.autocast,
-            stats=ctx.stats,
-            num_classes=ctx.num_classes,
-        )
+        super().__init__(model, **ctx.settings())
         self.samples = samples
         self.consensus = consensus
         # the averaged logits last returned, and the k single-pass predictions behind them
