@@ -38,7 +38,8 @@ import torch
 
 from bastion.core.atomic import atomic_open
 from bastion.core.errors import ConfigurationError
-from bastion.core.results import Result, to_jsonable
+from bastion.core.results import Result
+from bastion.guard._json_text import JsonText, canonical_text, object_text
 
 __all__ = ["AuditLog", "AuditRecord", "Outcome", "digest_input"]
 
@@ -109,18 +110,27 @@ class AuditRecord(Result):
 
     def __post_init__(self) -> None:
         # The free-form fields become JSON values once, here, so that to_dict is a flat copy
-        # instead of a second walk of every nested value. The common case takes one C-codec
-        # round trip of the whole record: its text (sorted keys, what the log stores) is kept
-        # for AuditLog.append, which then encodes nothing.
-        text = _record_text(self._fields_dict())
-        if text is not None:
+        # instead of a second walk of every nested value, and the record's stored text (sorted
+        # keys) is kept for AuditLog.append, which then encodes nothing. Fields given as
+        # JsonText (a server's repeated pieces, encoded once) are spliced in as they are.
+        fields = self._fields_dict()
+        if not any(isinstance(fields[name], JsonText) for name in _FREE_FORM):
+            text = canonical_text(fields)  # one C-codec round trip of the whole record
             values = json.loads(text)
             for name in _FREE_FORM:
                 object.__setattr__(self, name, values[name])
-        else:  # NaN, infinities or keys that are not strings: the walk (NaN -> null)
-            values = _json_values([getattr(self, name) for name in _FREE_FORM])
-            for name, value in zip(_FREE_FORM, values, strict=True):
-                object.__setattr__(self, name, value)
+        else:
+            parts = []
+            for name, value in fields.items():
+                if isinstance(value, JsonText):
+                    object.__setattr__(self, name, value.value)
+                    parts.append((name, value.text))
+                    continue
+                part = canonical_text(value)
+                if name in _FREE_FORM:
+                    object.__setattr__(self, name, json.loads(part))
+                parts.append((name, part))
+            text = object_text(parts)
         object.__setattr__(self, "_text", text)
 
     def _fields_dict(self) -> dict[str, Any]:
@@ -140,9 +150,7 @@ class AuditRecord(Result):
 
     def stored_text(self) -> str:
         """The record as the log stores it: JSON of :meth:`to_dict` with sorted keys."""
-        text: str | None = getattr(self, "_text", None)
-        if text is None:
-            text = json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+        text: str = self.__dict__["_text"]  # set by __post_init__ (not a dataclass field)
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,9 +169,13 @@ class AuditRecord(Result):
         validation: Any = None,
         prediction: Any = None,
         checks: Any = None,
-        monitors: Sequence[Any] | None = None,
+        monitors: Sequence[Any] | JsonText | None = None,
     ) -> AuditRecord:
-        """Build a record now: digests ``inputs`` and turns results into JSON values."""
+        """Build a record now: digests ``inputs`` and turns results into JSON values.
+
+        Any of ``validation``, ``prediction``, ``checks`` and ``monitors`` may be given as a
+        :class:`~bastion.guard._json_text.JsonText` (encoded once, shared by many records).
+        """
         return cls(
             request_id=request_id or uuid.uuid4().hex,
             time=_now(),
@@ -174,7 +186,8 @@ class AuditRecord(Result):
             validation=validation,
             prediction=prediction,
             checks=checks,
-            monitors=list(monitors) if monitors is not None else None,
+            monitors=monitors if monitors is None or isinstance(monitors, JsonText)
+            else list(monitors),
         )
 
     @classmethod
@@ -187,32 +200,6 @@ class AuditRecord(Result):
 
 
 _FREE_FORM = ("validation", "prediction", "checks", "monitors")
-
-
-def _record_text(fields: dict[str, Any]) -> str | None:
-    """The stored JSON of a record's fields (sorted keys, values through ``to_jsonable`` where
-    the codec cannot take them), or None when it needs the walk: NaN or infinities (JSON has
-    none: they are stored as null) or keys that are not strings."""
-    try:
-        return json.dumps(fields, default=to_jsonable, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError):
-        return None
-
-
-def _json_values(value: Any) -> Any:
-    """``to_jsonable(value)``, through the C JSON codec when it can (a server's checks are
-    plain dicts and lists: encoding and decoding them costs a fraction of a Python walk).
-
-    Values the codec cannot take as they are (NaN and infinities, which become null; keys that
-    are not strings) take the walk.
-    """
-    try:
-        text = json.dumps(value, default=to_jsonable)
-    except (TypeError, ValueError):
-        return to_jsonable(value)
-    if "NaN" in text or "Infinity" in text:
-        return to_jsonable(value)
-    return json.loads(text)
 
 
 def _now() -> str:

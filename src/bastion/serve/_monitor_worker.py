@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from bastion.core.results import to_jsonable
+from bastion.guard._json_text import JsonText
 
 __all__ = ["MonitorWorker", "summarize"]
 
@@ -74,7 +75,7 @@ class MonitorWorker:
         self.interval = interval
         self.failures = 0
         self._queue: queue.Queue[tuple[Tensor, Tensor]] = queue.Queue(max_pending)
-        self._summary: dict[str, Any] = {"alarms": [], "results": {}}
+        self._snapshot = _snapshot({"alarms": [], "results": {}})
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -89,9 +90,10 @@ class MonitorWorker:
                     self._thread.start()
         self._queue.put((inputs, outputs))
 
-    def summary(self) -> dict[str, Any]:
-        """The last update's summary (an immutable snapshot; replaced, never mutated)."""
-        return self._summary
+    def snapshot(self) -> tuple[JsonText, JsonText]:
+        """The last update's summary and the audit rows' list of it, encoded once per update
+        on the worker thread (replaced together, never mutated)."""
+        return self._snapshot
 
     def drain(self) -> None:
         """Wait until every submitted batch has been fed to the monitors."""
@@ -122,12 +124,17 @@ class MonitorWorker:
     def _update(self, inputs: Tensor, outputs: Tensor) -> None:
         try:
             results = self.monitors.update(inputs, outputs)
-            self._summary = summarize(results)
+            self._snapshot = _snapshot(summarize(results))
             for listener in self.listeners:
                 listener(results)
         except Exception:  # a monitor fault must not kill the thread nor lose later batches
             self.failures += 1
             _log.exception("monitor update failed")
+
+
+def _snapshot(summary: dict[str, Any]) -> tuple[JsonText, JsonText]:
+    encoded = JsonText.of(summary)
+    return encoded, JsonText.of([encoded.value])
 
 
 def _coalesce(items: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:

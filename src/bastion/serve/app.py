@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion._version import __version__
-from bastion.core.results import to_jsonable
+from bastion.guard._json_text import JsonText, object_text
 from bastion.guard.outputs import FLAGS
 from bastion.serve.auth import KeyStore
 from bastion.serve.config import ServeConfig
@@ -224,19 +224,16 @@ def create_app(
         inference, checks = done
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)
-        answer = {
-            "predictions": inference.predictions.tolist(),
-            "probabilities": inference.probabilities.tolist(),
-            "request_id": rid,
-            "checks": checks,
-        }
-        # Encoded here, once, by the C encoder: the answer is built from JSON values already
-        # (probabilities finite, checked above), so the response model's validation and its
-        # generic serialisation would only redo work; PredictResponse still documents it.
-        try:
-            text = json.dumps(answer, allow_nan=False)
-        except ValueError:  # a NaN somewhere in the checks: JSON has none, send null
-            text = json.dumps(to_jsonable(answer), allow_nan=False)
+        # Encoded here by the C encoder, splicing in the checks' texts (the pieces repeated from
+        # request to request were encoded once): the answer is made of JSON values already
+        # (probabilities finite, checked), so the response model's validation and its generic
+        # serialisation would only redo work; PredictResponse still documents it.
+        text = object_text([
+            ("checks", object_text((name, part.text) for name, part in checks.items())),
+            ("predictions", json.dumps(inference.predictions.tolist())),
+            ("probabilities", json.dumps(inference.probabilities.tolist(), allow_nan=False)),
+            ("request_id", json.dumps(rid)),
+        ])
         return Response(text.encode(), media_type=_JSON)
 
     _add_docs(app, authenticate, public_docs)
@@ -276,10 +273,11 @@ async def _on(pool: concurrent.futures.Executor, fn: Callable[[], Any]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 
-def _count_checks(metrics: ServerMetrics, checks: dict[str, Any]) -> None:
-    for action in checks.get("input", {}).get("actions", ()):
+def _count_checks(metrics: ServerMetrics, checks: dict[str, JsonText]) -> None:
+    guarded = checks.get("input")
+    for action in guarded.value.get("actions", ()) if guarded is not None else ():
         metrics.guard_actions.labels(action=str(action.get("action"))).inc()
-    output = checks.get("output")
+    output = checks["output"].value if "output" in checks else None
     if isinstance(output, dict):
         for flag, count in (output.get("counts") or {}).items():
             if count:  # every flag's series exists from the start (create_app), at 0

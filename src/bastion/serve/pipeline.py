@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bastion.core.results import to_jsonable
+from bastion.guard._json_text import JsonText
 from bastion.guard.alerts import AlertManager
 from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome
 from bastion.guard.outputs import OutputChecker
@@ -50,7 +51,7 @@ class Inference:
     logits: Tensor
     probabilities: Tensor
     predictions: Tensor
-    checks: dict[str, Any]
+    checks: dict[str, JsonText]
 
 
 def _to_json(value: Any) -> Any:
@@ -108,6 +109,20 @@ class Pipeline:
             if monitors is not None and background_monitors
             else None
         )
+        self._valid_input = JsonText.of(
+            {"policy": self._policy, "valid": True, "summary": "valid", "violations": [],
+             "actions": []}
+        )
+        self._clean_outputs: dict[tuple[str, ...], JsonText] = {}
+
+    def _clean_output(self, counts: dict[str, int]) -> JsonText:
+        """The output checks of a batch nothing was flagged in (one per set of flags)."""
+        key = tuple(counts)
+        text = self._clean_outputs.get(key)
+        if text is None:
+            text = JsonText.of({"ok": True, "problems": [], "counts": counts, "flagged": {}})
+            self._clean_outputs[key] = text
+        return text
 
     @property
     def commit_blocks(self) -> bool:
@@ -122,7 +137,7 @@ class Pipeline:
             Refusal: 422 when the input guard rejects the batch, naming every violation; 500
                 when the model's outputs fail the output checks.
         """
-        checks: dict[str, Any] = {}
+        checks: dict[str, JsonText] = {}
         if self.guard is not None:
             result = self.guard.guard(batch, raise_on_reject=False)
             report = result.report
@@ -135,28 +150,34 @@ class Pipeline:
                     detail=[v.to_dict() for v in report.violations],
                 )
             batch = result.x
-            checks["input"] = {
-                "policy": self._policy,
-                "valid": report.ok,
-                "summary": report.summary(),
-                "violations": [v.to_dict() for v in report.violations],
-                "actions": [a.to_dict() for a in result.actions],
-            }
+            if report.ok and not result.actions:  # the common case: the same every time
+                checks["input"] = self._valid_input
+            else:
+                checks["input"] = JsonText.of({
+                    "policy": self._policy,
+                    "valid": report.ok,
+                    "summary": report.summary(),
+                    "violations": [v.to_dict() for v in report.violations],
+                    "actions": [a.to_dict() for a in result.actions],
+                })
         with torch.no_grad():
             logits = self.model(batch)
         if self.output_checker is not None:
             out = self.output_checker.check(logits)
             counts = out.counts
-            checks["output"] = {
-                "ok": out.ok,
-                "problems": list(out.problems),
-                "counts": counts,
-                "flagged": {  # only the flags raised (not the whole report: it is per request)
-                    flag: getattr(out, flag).nonzero()[:, 0].tolist()
-                    for flag, n in counts.items()
-                    if n
-                },
-            }
+            if out.ok and not any(counts.values()):  # nothing flagged: the same every time
+                checks["output"] = self._clean_output(counts)
+            else:
+                checks["output"] = JsonText.of({
+                    "ok": out.ok,
+                    "problems": list(out.problems),
+                    "counts": counts,
+                    "flagged": {  # only the flags raised (the whole report is per request)
+                        flag: getattr(out, flag).nonzero()[:, 0].tolist()
+                        for flag, n in counts.items()
+                        if n
+                    },
+                })
             if not out.ok:  # never send NaN or a malformed answer on; a model fault: 500
                 raise Refusal(
                     500,
@@ -184,21 +205,26 @@ class Pipeline:
 
     def commit(
         self, *, request_id: str, body: bytes, inference: Inference, api_key: str | None = None
-    ) -> dict[str, Any]:
-        """Feed the monitors and write the audit row (committed on return); the checks to send.
+    ) -> dict[str, JsonText]:
+        """Feed the monitors and write the audit row (committed on return); the checks to send,
+        each with its JSON text (the pieces repeated from request to request are encoded once).
 
         ``api_key`` is the *name* of the caller's key, recorded in the audit row.
         """
         checks = dict(inference.checks)
+        recorded: JsonText | None = None  # the audit row's monitors field: [summary]
         if self._worker is not None:
-            checks["monitors"] = self._worker.summary()
+            summary, recorded = self._worker.snapshot()
+            checks["monitors"] = summary
             self._worker.submit(inference.inputs, inference.logits)
         elif self.monitors is not None:
             with self._lock:
                 results = self.monitors.update(inference.inputs, inference.logits)
                 for listener in self._listeners:
                     listener(results)
-            checks["monitors"] = summarize(results)
+            summary = JsonText.of(summarize(results))
+            checks["monitors"] = summary
+            recorded = JsonText.of([summary.value])
         if self.audit is not None:
             self.audit.append(
                 AuditRecord.create(
@@ -208,7 +234,7 @@ class Pipeline:
                     validation=checks.get("input"),
                     prediction=inference.predictions.tolist(),
                     checks=checks.get("output"),
-                    monitors=[checks["monitors"]] if "monitors" in checks else None,
+                    monitors=recorded,
                 )
             )
         return checks
