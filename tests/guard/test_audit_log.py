@@ -190,7 +190,7 @@ def test_kill_9_mid_write_loses_no_acknowledged_record(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:3]}"
 
 
-def test_concurrent_appends_share_one_commit_and_a_duplicate_fails_alone(tmp_path: Path) -> None:
+def test_concurrent_appends_share_one_write_and_a_duplicate_fails_alone(tmp_path: Path) -> None:
     log = AuditLog.open(tmp_path / "audit.db")
     backend = log._backend
     log.append(AuditRecord.create(inputs=b"first", request_id="dup"))
@@ -205,26 +205,30 @@ def test_concurrent_appends_share_one_commit_and_a_duplicate_fails_alone(tmp_pat
         except InputValidationError as err:
             errors[rid] = err
 
-    ids = [f"r{i}" for i in range(7)] + ["dup"]
-    with backend._lock:  # a commit in progress: every append queues behind it
-        threads = [threading.Thread(target=append, args=(rid,)) for rid in ids]
+    ids = [f"r{i}" for i in range(7)]
+    with backend._lock:  # a write in progress: every append queues behind it
+        threads = [threading.Thread(target=append, args=(rid,)) for rid in [*ids, "dup"]]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        while len(backend._queued) < len(ids) and time.monotonic() < deadline:
+        while (len(backend._queued) < len(ids) or "dup" not in errors) and (
+                time.monotonic() < deadline):
             time.sleep(0.005)
+        assert "dup" in errors  # refused before anything is written, not queued
     for t in threads:
         t.join(10)
-    assert groups == [len(ids)]  # one transaction, one fsync for all eight
+    assert groups == [len(ids)]  # one write, one sync for all seven
     assert list(errors) == ["dup"]
     rows = [r.request_id for r in log.rows()]
-    assert rows[0] == "dup" and sorted(rows[1:]) == ids[:-1]
+    assert rows[0] == "dup" and sorted(rows[1:]) == ids
+    with pytest.raises(InputValidationError, match="already in the audit log"):
+        log.append(AuditRecord.create(inputs=b"again", request_id="r3"))  # now in the table
     log.close()
 
 
-def test_checkpoints_run_in_the_background_not_in_an_append(tmp_path: Path) -> None:
-    """The writer never checkpoints (automatic checkpoints off); after CHECKPOINT_ROWS rows a
-    thread of the log does, so the WAL restarts instead of growing, and appends go on."""
+def test_checkpoints_run_off_the_append_path(tmp_path: Path) -> None:
+    """No append ever checkpoints (automatic checkpoints off); the ingester does after every
+    CHECKPOINT_ROWS rows it moves into the table, so the WAL restarts instead of growing."""
     from bastion.guard._audit_sqlite import CHECKPOINT_ROWS
 
     path = tmp_path / "audit.db"
@@ -233,13 +237,16 @@ def test_checkpoints_run_in_the_background_not_in_an_append(tmp_path: Path) -> N
     assert backend._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for i in range(CHECKPOINT_ROWS - 1):
         log.append(AuditRecord.create(inputs=b"x", request_id=f"a{i}"))
-    assert backend._checkpointer is None  # not yet due
+    assert len(log) == CHECKPOINT_ROWS - 1
+    assert backend.checkpoints == 0  # not yet due
     log.append(AuditRecord.create(inputs=b"x", request_id="due"))
-    deadline = time.monotonic() + 30
+    assert len(log) == CHECKPOINT_ROWS
+    deadline = time.monotonic() + 30  # readers are told before the checkpoint runs
     while backend.checkpoints == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert backend.checkpoints == 1
-    log.append(AuditRecord.create(inputs=b"x", request_id="after"))  # restarts the WAL
+    log.append(AuditRecord.create(inputs=b"x", request_id="after"))
+    assert len(log) == CHECKPOINT_ROWS + 1  # its insert restarted the WAL
     reader = sqlite3.connect(path)
     _, frames, _ = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     reader.close()

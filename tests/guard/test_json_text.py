@@ -78,3 +78,9 @@ def test_object_text_is_json_dumps_with_sorted_keys() -> None:
     text = object_text((k, canonical_text(v)) for k, v in obj.items())
     assert text == json.dumps(obj, sort_keys=True)
     assert object_text([]) == "{}"
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8))
+def test_of_ints_is_of_for_int_lists(values: list[int]) -> None:
+    fast, slow = JsonText.of_ints(values), JsonText.of(values)
+    assert (fast.text, fast.value) == (slow.text, slow.value)

@@ -22,9 +22,18 @@ from bastion.core.results import to_jsonable
 __all__ = ["JsonText", "canonical_text", "object_text"]
 
 
+_string_text = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (C)
+
+
 def canonical_text(value: Any) -> str:
     """The stored JSON of ``value``: sorted keys, values through ``to_jsonable`` where the codec
     cannot take them, NaN and infinities as null."""
+    if value is None:  # a record's scalar fields: skip the encoder's set-up
+        return "null"
+    if type(value) is str:
+        return _string_text(value)
+    if type(value) is int:
+        return str(value)
     try:
         return json.dumps(value, default=to_jsonable, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError):  # NaN, infinities or keys that are not strings: the walk
@@ -47,8 +56,14 @@ class JsonText:
         text = canonical_text(value)
         return cls(json.loads(text), text)
 
+    @classmethod
+    def of_ints(cls, values: list[int]) -> JsonText:
+        """A list of Python ints (``Tensor.tolist()`` of an integer tensor): already canonical,
+        so no round trip."""
+        return cls(values, json.dumps(values))
+
 
 def object_text(items: Iterable[tuple[str, str]]) -> str:
     """The JSON object text of ``(key, value text)`` pairs, keys sorted: what
     ``json.dumps(obj, sort_keys=True)`` gives for the decoded object (same separators)."""
-    return "{" + ", ".join(f"{json.dumps(k)}: {t}" for k, t in sorted(items)) + "}"
+    return "{" + ", ".join(f"{_string_text(k)}: {t}" for k, t in sorted(items)) + "}"

@@ -2,14 +2,17 @@
 
 The raw input is never stored: only its SHA-256 over a canonical encoding (:func:`digest_input`).
 The caller is the *name* of the API key that made the request (never the key or its hash).
-SQLite is the default (``AuditLog.open("audit.db")``): WAL journal, ``synchronous=NORMAL`` so an
-``append`` that returned has been committed and written to the OS (it survives the process being
-killed, ``kill -9`` included; ``synchronous="FULL"`` also fsyncs it, to survive an OS crash or
-power loss), triggers that abort any UPDATE or DELETE,
-one connection shared by server threads, whose concurrent appends are group-committed (one
-transaction, and one fsync under ``FULL``, for all rows queued at that moment). ``AuditLog.open("postgresql://...")``
-shares one log between replicas (needs ``psycopg``). Logs written before the ``api_key`` column
-existed are migrated when opened (the column is added; old rows have no caller).
+SQLite is the default (``AuditLog.open("audit.db")``): a table in a WAL-mode database with
+triggers that abort any UPDATE or DELETE. An ``append`` that returned has been written to the OS
+in this process's pending file (``audit.db.pending-*``, next to the database), so it survives
+the process being killed, ``kill -9`` included; ``synchronous="FULL"`` also syncs it, to survive
+an OS crash or power loss. A background thread moves pending rows into the table in batches
+(within ``INGEST_INTERVAL``, 0.1 s) and deletes a pending file once all its rows are in; the next
+open replays what a killed process left (see :mod:`bastion.guard._audit_sqlite`). Concurrent
+appends share one write (and one sync). ``rows``, ``len`` and ``export_jsonl`` see every row
+appended before them. ``AuditLog.open("postgresql://...")`` shares one log between replicas
+(needs ``psycopg``). Logs written before the ``api_key`` column existed are migrated when opened
+(the column is added; old rows have no caller).
 
 Example:
     >>> import tempfile, pathlib, torch
@@ -119,18 +122,19 @@ class AuditRecord(Result):
             values = json.loads(text)
             for name in _FREE_FORM:
                 object.__setattr__(self, name, values[name])
-        else:
+        else:  # the server's path: in the stored (sorted) key order, no dict, no sort
             parts = []
-            for name, value in fields.items():
+            for name, head in _KEYS_SORTED:
+                value = fields[name]
                 if isinstance(value, JsonText):
                     object.__setattr__(self, name, value.value)
-                    parts.append((name, value.text))
+                    parts.append(head + value.text)
                     continue
                 part = canonical_text(value)
                 if name in _FREE_FORM:
                     object.__setattr__(self, name, json.loads(part))
-                parts.append((name, part))
-            text = object_text(parts)
+                parts.append(head + part)
+            text = "{" + ", ".join(parts) + "}"
         object.__setattr__(self, "_text", text)
 
     def _fields_dict(self) -> dict[str, Any]:
@@ -200,6 +204,11 @@ class AuditRecord(Result):
 
 
 _FREE_FORM = ("validation", "prediction", "checks", "monitors")
+_KEYS_SORTED = tuple(
+    (name, object_text([(name, "")])[1:-1])  # '"name": ', as json.dumps writes a key
+    for name in sorted(("schema_version", "request_id", "time", "input_digest", "api_key",
+                        "outcome", "reason", *_FREE_FORM))
+)
 
 
 def _now() -> str:
@@ -231,13 +240,13 @@ class AuditLog:
 
         Args:
             target: the SQLite path or URL, or a PostgreSQL URL.
-            synchronous: SQLite only (case-insensitive). ``"NORMAL"`` (default): every commit
-                is written to the OS before ``append`` returns, so an acknowledged row survives
+            synchronous: SQLite only (case-insensitive). ``"NORMAL"`` (default): every row is
+                written to the OS before ``append`` returns, so an acknowledged row survives
                 the server process dying (``kill -9``, OOM killer, a crash); an OS crash or
-                power loss may lose the last rows since the last checkpoint. ``"FULL"``: also
-                fsyncs every commit, so acknowledged rows survive power loss; it costs one fsync
-                per commit (0.2-4 ms on a busy disk). Concurrent appends share one commit either
-                way (group commit).
+                power loss may lose the last rows. ``"FULL"``: also syncs every append (and
+                the table's commits), so acknowledged rows survive power loss; it costs one
+                sync per append group (0.2-4 ms on a busy disk). Concurrent appends share one
+                write and one sync either way.
 
         Raises:
             ConfigurationError: unknown URL scheme, or ``psycopg`` missing for PostgreSQL.
@@ -262,8 +271,12 @@ class AuditLog:
         return cls(SQLiteBackend(Path(text), synchronous=synchronous))
 
     def append(self, record: AuditRecord) -> None:
-        """Append one record; returns only once it is committed (with ``synchronous="FULL"``,
-        fsynced too)."""
+        """Append one record; returns only once it is durable (written to the OS; with
+        ``synchronous="FULL"``, synced too).
+
+        Raises:
+            InputValidationError: the request id is already in the log (nothing is written).
+        """
         self._backend.append(
             record.request_id,
             record.time,

@@ -232,7 +232,7 @@ class Pipeline:
                     request_id=request_id,
                     api_key=api_key,
                     validation=checks.get("input"),
-                    prediction=inference.predictions.tolist(),
+                    prediction=JsonText.of_ints(inference.predictions.tolist()),
                     checks=checks.get("output"),
                     monitors=recorded,
                 )

@@ -1,0 +1,209 @@
+"""The audit log's pending files: acknowledged rows survive until they are in the table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bastion.guard._audit_sqlite as backend_module
+from bastion.core.errors import InputValidationError
+from bastion.guard._audit_pending import MAGIC, PendingFile, Row, frame, read_rows
+from bastion.guard.audit_log import AuditLog, AuditRecord
+
+
+def _pending(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.pending-*"))
+
+
+def _table_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT request_id FROM audit ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+_rows = st.lists(
+    st.tuples(st.text(min_size=1, max_size=6), st.text(max_size=6), st.sampled_from(["answered",
+              "refused"]), st.none() | st.text(max_size=4), st.text(max_size=40)),
+    max_size=6,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(rows=_rows, cut=st.integers(min_value=0), flip=st.integers(min_value=0))
+def test_frames_round_trip_and_a_damaged_tail_yields_a_prefix(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[Row], cut: int, flip: int
+) -> None:
+    path = tmp_path_factory.mktemp("frames") / "p"
+    data = MAGIC + b"".join(frame(r) for r in rows)
+    path.write_bytes(data)
+    assert read_rows(path) == (rows, 0)
+    # cut anywhere: the whole frames before the cut, never an error
+    cut_at = cut % (len(data) + 1)
+    path.write_bytes(data[:cut_at])
+    got, torn = read_rows(path)
+    assert got == rows[: len(got)]
+    assert torn == 0 or cut_at < len(data)
+    # flip one byte after the magic: a prefix again (the CRC catches the damaged frame)
+    if len(data) > len(MAGIC):
+        i = len(MAGIC) + flip % (len(data) - len(MAGIC))
+        damaged = bytearray(data)
+        damaged[i] ^= 0x5A
+        path.write_bytes(bytes(damaged))
+        got, _ = read_rows(path)
+        assert got == rows[: len(got)] and len(got) < len(rows)
+
+
+_CHILD = """
+import sys, time
+import bastion.guard._audit_sqlite as S
+S.INGEST_INTERVAL = 3600.0  # the ingester never gets to run: rows stay pending
+from bastion.guard.audit_log import AuditLog, AuditRecord
+log = AuditLog.open(sys.argv[1])
+for i in range(50):
+    log.append(AuditRecord.create(inputs=b"x", request_id=f"k{i}", prediction=[i]))
+print("acked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_rows_acknowledged_before_a_kill_are_replayed_from_the_pending_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.db"
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "acked", proc.stderr.read() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    files = _pending(path)
+    assert len(files) == 1 and len(read_rows(files[0])[0]) == 50
+    assert _table_ids(path) == []  # only the pending file holds them
+    with AuditLog.open(path) as log:
+        assert [r.request_id for r in log.rows()] == [f"k{i}" for i in range(50)]
+        assert log.rows()[7].prediction == [7]
+    assert _pending(path) == []  # replayed, then deleted
+
+
+def test_a_torn_tail_is_skipped_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.db"
+    AuditLog.open(path).close()
+    rows = [(f"t{i}", "2026-01-01T00:00:00.000+00:00", "answered", None,
+             AuditRecord.create(inputs=b"x", request_id=f"t{i}").stored_text())
+            for i in range(3)]
+    whole = MAGIC + frame(rows[0]) + frame(rows[1])
+    (tmp_path / "audit.db.pending-1-dead").write_bytes(whole + frame(rows[2])[:-5])
+    with caplog.at_level(logging.WARNING, logger="bastion.audit"), AuditLog.open(path) as log:
+        assert [r.request_id for r in log.rows()] == ["t0", "t1"]
+    assert "were not a whole row" in caplog.text
+    assert _pending(path) == []
+
+
+def test_replay_skips_rows_already_in_the_table_and_keeps_a_conflicting_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.db"
+    with AuditLog.open(path) as log:
+        log.append(AuditRecord.create(inputs=b"x", request_id="same", prediction=[1]))
+        stored = log.rows()[0].stored_text()
+    same = ("same", "t", "answered", None, stored)
+    (tmp_path / "audit.db.pending-1-a").write_bytes(MAGIC + frame(same))
+    with AuditLog.open(path) as log:  # a replay of a row that made it: nothing new, no conflict
+        assert len(log) == 1 and log._backend.conflicts == 0
+    assert _pending(path) == []
+    other = ("same", "t", "answered", None, stored.replace("[1]", "[2]"))
+    (tmp_path / "audit.db.pending-1-b").write_bytes(MAGIC + frame(other))
+    with caplog.at_level(logging.ERROR, logger="bastion.audit"), AuditLog.open(path) as log:
+        assert log._backend.conflicts == 1 and len(log) == 1
+    assert "stored with another record" in caplog.text
+    assert [p.name for p in _pending(path)] == ["audit.db.pending-1-b"]  # kept for a person
+
+
+def test_a_live_writers_file_is_never_taken_for_an_orphan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "INGEST_INTERVAL", 3600.0)
+    path = tmp_path / "audit.db"
+    writer = AuditLog.open(path)
+    for i in range(5):
+        writer.append(AuditRecord.create(inputs=b"x", request_id=f"w{i}"))
+    (mine,) = _pending(path)
+    other = AuditLog.open(path)  # a second opener (same process: flock still excludes it)
+    assert mine.exists() and len(other) == 0  # not replayed, not deleted
+    other.close()
+    writer.close()  # moves them in, then deletes its file
+    assert _table_ids(path) == [f"w{i}" for i in range(5)] and _pending(path) == []
+
+
+def test_files_rotate_and_are_deleted_once_their_rows_are_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "ROTATE_BYTES", 2_000)
+    path = tmp_path / "audit.db"
+    log = AuditLog.open(path)
+    for i in range(40):
+        log.append(AuditRecord.create(inputs=b"x", request_id=f"r{i}", prediction=[i] * 20))
+    assert len(log) == 40  # waits for the ingester
+    assert len(_pending(path)) == 1  # every sealed file deleted, the current one open
+    log.close()
+    assert _pending(path) == []
+    with AuditLog.open(path) as again:
+        assert [r.request_id for r in again.rows()] == [f"r{i}" for i in range(40)]
+
+
+def test_a_failed_write_refuses_the_append_and_frees_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.db"
+    log = AuditLog.open(path)
+    log.append(AuditRecord.create(inputs=b"x", request_id="before"))
+    real = PendingFile.write
+
+    def full_disk(self: PendingFile, rows: list[bytes]) -> None:
+        os.write(self.fd, rows[0][:7])  # half a frame reaches the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PendingFile, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        log.append(AuditRecord.create(inputs=b"x", request_id="lost"))
+    monkeypatch.setattr(PendingFile, "write", real)
+    log.append(AuditRecord.create(inputs=b"x", request_id="lost"))  # the id was not taken
+    log.append(AuditRecord.create(inputs=b"x", request_id="after"))
+    with pytest.raises(InputValidationError):
+        log.append(AuditRecord.create(inputs=b"x", request_id="after"))
+    assert [r.request_id for r in log.rows()] == ["before", "lost", "after"]
+    log.close()
+    assert _pending(path) == []
+
+
+def test_full_syncs_each_append_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    with AuditLog.open(tmp_path / "full.db", synchronous="FULL") as log:
+        log.append(AuditRecord.create(inputs=b"x", request_id="a"))
+        first = len(synced)
+        log.append(AuditRecord.create(inputs=b"x", request_id="b"))
+        assert len(synced) == first + 1  # one sync before the append returned
+    synced.clear()
+    with AuditLog.open(tmp_path / "normal.db") as log:
+        log.append(AuditRecord.create(inputs=b"x", request_id="a"))
+        log.append(AuditRecord.create(inputs=b"x", request_id="b"))
+        assert synced == []  # NORMAL: nothing synced on the append path
