@@ -5,7 +5,7 @@ bodies: "bare" is the model alone; "guard, no audit log" adds the input guard (s
 the output checks and the four default monitors (fed off the request path); the two "guarded"
 rows add the SQLite audit log, with ``synchronous=NORMAL`` (the default: every acknowledged
 request survives the server being killed) and ``FULL`` (``--audit-sync full``: an fsync per
-commit, so they survive power loss too). FULL minus NORMAL is the fsync's share; the raw fsync
+append, so they survive power loss too). FULL minus NORMAL is the fsync's share; the raw fsync
 latency of the disk is timed on its own too.
 
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
@@ -88,7 +88,8 @@ def send(url: str, key: str, bodies: Path, start: int, stop: int, clients: int) 
 
 
 class TimedAuditLog(AuditLog):
-    """The audit log, timing each append (the SQLite commit, with its fsync under FULL; the row
+    """The audit log, timing each append (the id check and the pending-file write, with its
+    fsync under FULL; the SQLite inserts run later, off the request path; the row
     is encoded when the record is created, before append)."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
@@ -231,7 +232,7 @@ def main() -> None:
               f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} | "
               f"{1000 * cpu:.2f} | {cpu_vs} |")
     appends = {sync: sorted(log.seconds) for sync, log in logs.items()}
-    print("\naudit row append inside the server (SQLite commit): " + "; ".join(
+    print("\naudit row append inside the server (id check + pending-file write): " + "; ".join(
         f"{sync} p50 {1000 * statistics.median(t):.2f} ms, p99 "
         f"{1000 * t[int(0.99 * (len(t) - 1))]:.2f} ms" for sync, t in appends.items()))
     print(f"fsync of a 512-byte append in the audit log's directory, after the run: p50 "
