@@ -77,8 +77,6 @@ class FeatureStats:
     # (device, dtype) -> (mean, 1 / std), built once: the request path must not re-convert
     _scaled: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = dataclasses.field(
         init=False, repr=False, compare=False, default_factory=dict)
-    _scaled_numpy: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(
-        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         mean = torch.as_tensor(self.mean, dtype=torch.float32).detach().cpu().reshape(-1)
@@ -129,19 +127,6 @@ class FeatureStats:
         values = flat if flat.dtype == dtype else flat.to(dtype)
         norms = torch.linalg.vector_norm((values - mean) * inv_std, dim=1)
         return float(norms.max()) / math.sqrt(flat.shape[1])
-
-    def max_rms_numpy(self, flat: np.ndarray) -> float:
-        """:meth:`max_rms` of a small ``(B, F)`` float32/64 array, in numpy (the request path
-        of a server: no torch dispatch per op)."""
-        pair = self._scaled_numpy.get(flat.dtype.str)
-        if pair is None:
-            dtype = np.float64 if flat.dtype == np.float64 else np.float32
-            pair = (self.mean.numpy().astype(dtype),
-                    (1.0 / self.std.double()).numpy().astype(dtype))
-            self._scaled_numpy[flat.dtype.str] = pair
-        mean, inv_std = pair
-        z = (flat - mean) * inv_std
-        return math.sqrt(float(np.einsum("ij,ij->i", z, z).max()) / flat.shape[1])
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "z_limit": self.z_limit}
