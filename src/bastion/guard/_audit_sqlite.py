@@ -340,9 +340,7 @@ class SQLiteBackend:
         sql += " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        # a fresh read-only connection: readers never wait on the writer in WAL mode
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        reader = sqlite3.connect(uri, uri=True, timeout=30.0)
+        reader = self._reader()
         try:
             for (text,) in reader.execute(sql, args):
                 yield text
@@ -351,8 +349,16 @@ class SQLiteBackend:
 
     def count(self) -> int:
         self.flush()
-        with self._queued_lock:
-            return int(self._lookup.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+        reader = self._reader()  # not the lookup connection: a count scans the whole table
+        try:
+            return int(reader.execute("SELECT COUNT(*) FROM audit").fetchone()[0])
+        finally:
+            reader.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """A fresh read-only connection: readers never wait on the writer in WAL mode."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=30.0)
 
     def close(self) -> None:
         """Move every written row into the table, checkpoint, close; delete the pending files
