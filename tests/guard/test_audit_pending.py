@@ -207,3 +207,31 @@ def test_full_syncs_each_append_group(tmp_path: Path, monkeypatch: pytest.Monkey
         log.append(AuditRecord.create(inputs=b"x", request_id="a"))
         log.append(AuditRecord.create(inputs=b"x", request_id="b"))
         assert synced == []  # NORMAL: nothing synced on the append path
+
+
+def test_a_row_reaching_the_table_during_the_id_check_is_still_a_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id lookup runs outside the append lock; when the ingester moves the same id into the
+    table between that lookup and the lock, the append must still be refused."""
+    monkeypatch.setattr(backend_module, "INGEST_INTERVAL", 3600.0)
+    log = AuditLog.open(tmp_path / "audit.db")
+    backend = log._backend
+    log.append(AuditRecord.create(inputs=b"x", request_id="x"))  # pending, not in the table
+    real = backend._in_table
+    raced: list[str] = []
+
+    def racing(rid: str) -> bool:
+        found = real(rid)
+        if not raced:  # the ingester finishes right after this first lookup
+            raced.append(rid)
+            backend.flush()
+        return found
+
+    monkeypatch.setattr(backend, "_in_table", racing)
+    with pytest.raises(InputValidationError, match="already in the audit log"):
+        log.append(AuditRecord.create(inputs=b"y", request_id="x"))
+    assert raced == ["x"] and len(log) == 1
+    log.close()
+    with pytest.raises(Exception, match="closed"):
+        log.append(AuditRecord.create(inputs=b"z", request_id="z"))

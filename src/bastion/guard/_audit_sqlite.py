@@ -128,7 +128,8 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as err:
             raise ConfigurationError(f"cannot open audit log {path}: {err}") from err
         self._conn = conn  # the writer: the ingester's (and recovery's, before it starts)
-        self._lookup = _connect(path)  # duplicate checks, under _queued_lock
+        self._lookups = threading.local()  # duplicate checks: one connection per thread
+        self._lookup_conns: list[sqlite3.Connection] = []
         self.conflicts = 0  # rows whose id another writer stored with other content
         self.checkpoints = 0  # checkpoints run (observability, tests)
         self._rows_since_checkpoint = 0
@@ -153,12 +154,19 @@ class SQLiteBackend:
     ) -> None:
         row: Row = (request_id, time, outcome, api_key, record)
         pending = _Pending(row, frame(row))
+        # The table lookup runs outside the lock: it releases the interpreter lock, and under
+        # load taking that back can take a switch interval (5 ms) while every appender waits.
+        # If rows reached the table meanwhile (``_ingested`` moved), it is redone under the lock.
+        if self._closing:
+            raise ConfigurationError(f"audit log {self.path} is closed")
+        seen = self._ingested
+        in_table = self._in_table(request_id)
         with self._queued_lock:
             if self._closing:
                 raise ConfigurationError(f"audit log {self.path} is closed")
-            if request_id in self._unindexed or self._lookup.execute(
-                "SELECT 1 FROM audit WHERE request_id = ?", (request_id,)
-            ).fetchone():
+            if not in_table and self._ingested != seen:
+                in_table = self._in_table(request_id)
+            if in_table or request_id in self._unindexed:
                 raise InputValidationError(
                     f"request id {request_id!r} is already in the audit log; ids must be unique"
                 )
@@ -171,6 +179,16 @@ class SQLiteBackend:
                 self._commit(group)
         if pending.error is not None:
             raise pending.error
+
+    def _in_table(self, request_id: str) -> bool:
+        conn: sqlite3.Connection | None = getattr(self._lookups, "conn", None)
+        if conn is None:
+            conn = self._lookups.conn = _connect(self.path)
+            with self._queued_lock:
+                self._lookup_conns.append(conn)
+        return conn.execute(
+            "SELECT 1 FROM audit WHERE request_id = ?", (request_id,)
+        ).fetchone() is not None
 
     def _commit(self, group: list[_Pending]) -> None:
         """Write ``group`` to the pending file with one ``write()`` (one sync); mark each done."""
@@ -386,7 +404,8 @@ class SQLiteBackend:
             self._checkpoint()
             self._conn.close()
             with self._queued_lock:
-                self._lookup.close()
+                for conn in self._lookup_conns:
+                    conn.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
