@@ -24,6 +24,11 @@ def _pending(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.name}.pending-*"))
 
 
+def _append_all(log: AuditLog, ids: list[str], **fields: object) -> None:
+    for rid in ids:
+        log.append(AuditRecord.create(inputs=b"x", request_id=rid, **fields))  # type: ignore[arg-type]
+
+
 def _table_ids(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
@@ -142,8 +147,7 @@ def test_a_live_writers_file_is_never_taken_for_an_orphan(
     monkeypatch.setattr(backend_module, "INGEST_INTERVAL", 3600.0)
     path = tmp_path / "audit.db"
     writer = AuditLog.open(path)
-    for i in range(5):
-        writer.append(AuditRecord.create(inputs=b"x", request_id=f"w{i}"))
+    _append_all(writer, [f"w{i}" for i in range(5)])
     (mine,) = _pending(path)
     other = AuditLog.open(path)  # a second opener (same process: flock still excludes it)
     assert mine.exists() and len(other) == 0  # not replayed, not deleted
@@ -158,8 +162,7 @@ def test_files_rotate_and_are_deleted_once_their_rows_are_in(
     monkeypatch.setattr(backend_module, "ROTATE_BYTES", 2_000)
     path = tmp_path / "audit.db"
     log = AuditLog.open(path)
-    for i in range(40):
-        log.append(AuditRecord.create(inputs=b"x", request_id=f"r{i}", prediction=[i] * 20))
+    _append_all(log, [f"r{i}" for i in range(40)], prediction=list(range(20)))
     assert len(log) == 40  # waits for the ingester
     assert len(_pending(path)) == 1  # every sealed file deleted, the current one open
     log.close()
@@ -196,7 +199,11 @@ def test_a_failed_write_refuses_the_append_and_frees_its_id(
 def test_full_syncs_each_append_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
     with AuditLog.open(tmp_path / "full.db", synchronous="FULL") as log:
         log.append(AuditRecord.create(inputs=b"x", request_id="a"))
         first = len(synced)
@@ -222,7 +229,7 @@ def test_a_row_reaching_the_table_during_the_id_check_is_still_a_duplicate(
     raced: list[str] = []
 
     def racing(rid: str) -> bool:
-        found = real(rid)
+        found = bool(real(rid))
         if not raced:  # the ingester finishes right after this first lookup
             raced.append(rid)
             backend.flush()

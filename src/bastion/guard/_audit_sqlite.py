@@ -1,12 +1,7 @@
 """SQLite backend of the audit log: WAL, append-only triggers, rows acknowledged from a pending
 file and moved into the table in batches off the request path.
 
-Schema migration: a log created before the ``api_key`` column existed gets it added (``ALTER
-TABLE ... ADD COLUMN``, which rewrites nothing and fires no trigger); its old rows read as NULL.
-
-``seq`` is the rowid without ``AUTOINCREMENT`` (in logs created since): rows are never deleted
-(the trigger refuses it), so the next rowid is always the largest plus one, in append order,
-and no ``sqlite_sequence`` page has to be written with every row.
+The table, its triggers and its migrations: :mod:`bastion.guard._audit_schema`.
 
 The append path. ``append`` checks the request id is new (not waiting in this process, not in
 the table: one indexed lookup), writes the row to this process's pending file
@@ -51,6 +46,7 @@ from pathlib import Path
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard._audit_pending import PendingFile, Row, frame, orphans, read_rows
+from bastion.guard._audit_schema import SCHEMA, connect, migrate
 
 __all__ = ["CHECKPOINT_ROWS", "INGEST_INTERVAL", "ROTATE_BYTES", "SYNCHRONOUS", "SQLiteBackend"]
 
@@ -69,23 +65,6 @@ _log = logging.getLogger("bastion.audit")
 _INSERT = ("INSERT OR IGNORE INTO audit (request_id, time, outcome, api_key, record) "
            "VALUES (?, ?, ?, ?, ?)")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL UNIQUE,
-    time TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    record TEXT NOT NULL,
-    api_key TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
-"""
-
-
 @dataclasses.dataclass(eq=False)
 class _Pending:
     """One queued row, its frame, and what became of it."""
@@ -94,13 +73,6 @@ class _Pending:
     data: bytes
     done: bool = False
     error: BaseException | None = None
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns that logs created by earlier versions lack."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
-    if columns and "api_key" not in columns:
-        conn.execute("ALTER TABLE audit ADD COLUMN api_key TEXT")
 
 
 class SQLiteBackend:
@@ -117,14 +89,14 @@ class SQLiteBackend:
         self.path = path
         self._level = level
         try:
-            conn = _connect(path)
+            conn = connect(path)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ConfigurationError(f"{path}: SQLite refused WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={level}")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the ingester checkpoints
-            _migrate(conn)
-            conn.executescript(_SCHEMA)
+            migrate(conn)
+            conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
             raise ConfigurationError(f"cannot open audit log {path}: {err}") from err
         self._conn = conn  # the writer: the ingester's (and recovery's, before it starts)
@@ -183,7 +155,7 @@ class SQLiteBackend:
     def _in_table(self, request_id: str) -> bool:
         conn: sqlite3.Connection | None = getattr(self._lookups, "conn", None)
         if conn is None:
-            conn = self._lookups.conn = _connect(self.path)
+            conn = self._lookups.conn = connect(self.path)
             with self._queued_lock:
                 self._lookup_conns.append(conn)
         return conn.execute(
@@ -406,8 +378,3 @@ class SQLiteBackend:
             with self._queued_lock:
                 for conn in self._lookup_conns:
                     conn.close()
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                           check_same_thread=False)
