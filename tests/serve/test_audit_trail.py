@@ -115,6 +115,43 @@ def test_kill_9_under_load_keeps_every_acknowledged_request(
     assert set(acked) <= recorded
 
 
+def test_a_clean_stop_leaves_every_answered_request_in_the_table(
+    keys: tuple[Path, str], tmp_path: Path
+) -> None:
+    """SIGTERM: the server stops, and the database file alone (no pending file left to replay)
+    holds every request it answered."""
+    import sqlite3
+
+    from bastion.data import load_mnist5k
+
+    port, db = _free_port(), tmp_path / "audit.db"
+    proc = subprocess.Popen(
+        [*BASTION, "serve", "--model", "demo", "--keys", str(keys[0]), "--port", str(port),
+         "--audit-log", str(db)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        x = load_mnist5k().x_test[:12]
+        headers = {"Authorization": f"Bearer {keys[1]}"}
+        answered = [
+            httpx.post(f"{url}/v1/predict", json={"inputs": x[i : i + 1].tolist()},
+                       headers=headers, timeout=10).json()["request_id"]
+            for i in range(12)
+        ]
+        proc.send_signal(signal.SIGTERM)  # uvicorn shuts down, then re-raises the signal
+        code = proc.wait(60)
+        assert code in (0, -signal.SIGTERM), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+    assert list(tmp_path.glob("audit.db.pending-*")) == []
+    conn = sqlite3.connect(db)
+    stored = {row[0] for row in conn.execute("SELECT request_id FROM audit")}
+    conn.close()
+    assert set(answered) <= stored
+
+
 def test_audit_durability_is_normal_by_default_full_on_request(
     tmp_path: Path, demo_cache: Path
 ) -> None:

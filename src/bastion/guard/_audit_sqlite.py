@@ -119,6 +119,7 @@ class SQLiteBackend:
         self._due = threading.Event()
         self._hurry = threading.Event()
         self._closing = False
+        self._closed = False
         self._ingester: threading.Thread | None = None
 
     def append(
@@ -352,7 +353,11 @@ class SQLiteBackend:
 
     def close(self) -> None:
         """Move every written row into the table, checkpoint, close; delete the pending files
-        (kept when the rows could not be moved: the next open replays them)."""
+        (kept when the rows could not be moved: the next open replays them). Closing twice
+        does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
             moved = True

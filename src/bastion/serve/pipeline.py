@@ -272,6 +272,9 @@ class Pipeline:
         return state
 
     def close(self) -> None:
-        """Flush alert sinks (webhooks) once the server stops."""
+        """Once the server stops: flush alert sinks (webhooks) and close the audit log, which
+        moves every answered request's row into its table (nothing left to replay)."""
         if self.alerts is not None:
             self.alerts.close()
+        if self.audit is not None:
+            self.audit.close()
