@@ -16,10 +16,12 @@ next one's turn) and the overhead is the median over rounds of each round's p50 
 paired rounds see the same load. The servers' CPU time per request (all their threads, monitors
 included; the clients run elsewhere) is reported too: it moves far less with the load than
 latency does. Clients run in a process of their own (``--clients N``: N concurrent
-keep-alive clients), as real clients do; req/s is requests over the clients' busy time. Bounded:
+keep-alive clients), as real clients do; the servers run the default number of inference threads
+(``--workers``: 2, as ``bastion serve``; one per client was the earlier setting, and 8 threads on
+2 cores contend for the interpreter lock); req/s is requests over the clients' busy time. Bounded:
 ``--requests`` per variant, loopback only.
 
-    python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--chunk 100]
+    python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--workers 2] [--chunk 100]
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="per variant")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=ServeConfig().workers,
+                        help="inference threads (default: the server's default)")
     parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
     parser.add_argument("--split", action="store_true",
                         help="add a variant without monitors (the monitors' share)")
@@ -168,7 +172,7 @@ def main() -> None:
         "guarded, audit `synchronous=NORMAL` (default: survives kill -9)": guarded("NORMAL"),
         "guarded, audit `synchronous=FULL` (opt-in: fsync, survives power loss)": guarded("FULL"),
     }
-    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=max(1, args.clients))
+    config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=args.workers)
     load_before = os.getloadavg()
     latencies: dict[str, list[float]] = {name: [] for name in variants}
     round_p50: dict[str, list[float]] = {name: [] for name in variants}
@@ -209,7 +213,7 @@ def main() -> None:
 
     rounds = len(round_p50["bare model"])
     print(f"python benchmarks/serve.py --requests {args.requests} --batch {args.batch} "
-          f"--clients {args.clients} --chunk {args.chunk} — "
+          f"--clients {args.clients} --workers {args.workers} --chunk {args.chunk} — "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 torch thread, {args.clients} "
           f"client(s) on loopback; {rounds} interleaved rounds; load average "
