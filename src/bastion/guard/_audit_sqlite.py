@@ -242,9 +242,8 @@ class SQLiteBackend:
                 self._unindexed.discard(row[0])
             finished = [f for n, f in self._sealed if n <= self._ingested]
             self._sealed = [(n, f) for n, f in self._sealed if n > self._ingested]
-        if not self.conflicts:
-            for file in finished:
-                file.remove()
+        for file in finished:  # with a conflict, kept on disk for a person to look at
+            file.close() if self.conflicts else file.remove()
         with self._progress:
             self._progress.notify_all()
         self._rows_since_checkpoint += len(batch)
