@@ -74,18 +74,24 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 90) 
     raise AssertionError("server did not become healthy")
 
 
+def _serve_demo(keys: Path, db: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`bastion serve --model demo` with an audit log, on a free loopback port."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*BASTION, "serve", "--model", "demo", "--keys", str(keys), "--port", str(port),
+         "--audit-log", str(db)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def test_kill_9_under_load_keeps_every_acknowledged_request(
     keys: tuple[Path, str], tmp_path: Path
 ) -> None:
     from bastion.data import load_mnist5k
 
-    port, db = _free_port(), tmp_path / "audit.db"
-    proc = subprocess.Popen(
-        [*BASTION, "serve", "--model", "demo", "--keys", str(keys[0]), "--port", str(port),
-         "--audit-log", str(db)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "audit.db"
+    proc, url = _serve_demo(keys[0], db)
     acked: list[str] = []
     try:
         _wait_healthy(url, proc)
@@ -124,13 +130,8 @@ def test_a_clean_stop_leaves_every_answered_request_in_the_table(
 
     from bastion.data import load_mnist5k
 
-    port, db = _free_port(), tmp_path / "audit.db"
-    proc = subprocess.Popen(
-        [*BASTION, "serve", "--model", "demo", "--keys", str(keys[0]), "--port", str(port),
-         "--audit-log", str(db)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "audit.db"
+    proc, url = _serve_demo(keys[0], db)
     try:
         _wait_healthy(url, proc)
         x = load_mnist5k().x_test[:12]
