@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.guard._json_text import JsonText, canonical_text, object_text
-from bastion.guard.audit_log import AuditRecord, Outcome
+from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome, digest_input
 
 _scalars = st.one_of(
     st.none(),
@@ -84,3 +86,35 @@ def test_object_text_is_json_dumps_with_sorted_keys() -> None:
 def test_of_ints_is_of_for_int_lists(values: list[int]) -> None:
     fast, slow = JsonText.of_ints(values), JsonText.of(values)
     assert (fast.text, fast.value) == (slow.text, slow.value)
+
+
+_log_dir: list[Path] = []
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    request_id=st.text(min_size=1, max_size=8),
+    api_key=st.none() | st.text(max_size=5),
+    body=st.binary(max_size=64),
+    pieces=st.fixed_dictionaries({name: st.none() | _values
+                                  for name in ("validation", "checks", "monitors")}),
+    prediction=st.lists(st.integers(-5, 5), max_size=4),
+)
+def test_append_answered_stores_what_the_record_would(
+    tmp_path_factory: pytest.TempPathFactory, request_id: str, api_key: str | None,
+    body: bytes, pieces: dict[str, Any], prediction: list[int],
+) -> None:
+    if not _log_dir:
+        _log_dir.append(tmp_path_factory.mktemp("answered") / "audit.db")
+    with AuditLog.open(_log_dir[0]) as log:
+        rid = f"{len(log)}-{request_id}"  # a fresh id per example
+        log.append_answered(
+            inputs=body, request_id=rid, api_key=api_key, prediction=JsonText.of_ints(prediction),
+            **{name: None if v is None else JsonText.of(v) for name, v in pieces.items()},
+        )
+        (stored,) = [t for t in log._iter(None, None, None) if json.loads(t)["request_id"] == rid]
+    expected = AuditRecord(
+        request_id=rid, time=json.loads(stored)["time"], input_digest=digest_input(body),
+        api_key=api_key, prediction=prediction, **pieces,
+    )
+    assert stored == expected.stored_text()

@@ -211,6 +211,21 @@ _KEYS_SORTED = tuple(
 )
 
 
+def _answered_template() -> str:
+    """The stored text of an answered record, with ``%s`` where its per-request values go."""
+    fixed = {"outcome": canonical_text(Outcome.ANSWERED.value), "reason": "null",
+             "schema_version": str(AuditRecord.schema_version)}
+    return "{" + ", ".join(
+        head + (fixed[name].replace("%", "%%") if name in fixed else "%s")
+        for name, head in _KEYS_SORTED
+    ) + "}"
+
+
+_ANSWERED = _answered_template()
+_ANSWERED_SLOTS = tuple(n for n, _ in _KEYS_SORTED
+                        if n not in ("outcome", "reason", "schema_version"))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -284,6 +299,38 @@ class AuditLog:
             record.api_key,
             record.stored_text(),
         )
+
+    def append_answered(
+        self,
+        *,
+        inputs: torch.Tensor | np.ndarray | bytes | str,
+        request_id: str,
+        api_key: str | None,
+        validation: JsonText | None,
+        prediction: JsonText,
+        checks: JsonText | None,
+        monitors: JsonText | None,
+    ) -> None:
+        """Append an answered request from pieces encoded already, without building an
+        :class:`AuditRecord`: what a server's request path does. Stores exactly what
+        ``append(AuditRecord.create(...))`` with the same values would.
+
+        Raises:
+            InputValidationError: the request id is already in the log (nothing is written).
+        """
+        time = _now()
+        values = {
+            "api_key": canonical_text(api_key),
+            "checks": "null" if checks is None else checks.text,
+            "input_digest": canonical_text(digest_input(inputs)),
+            "monitors": "null" if monitors is None else monitors.text,
+            "prediction": prediction.text,
+            "request_id": canonical_text(request_id),
+            "time": canonical_text(time),
+            "validation": "null" if validation is None else validation.text,
+        }
+        text = _ANSWERED % tuple(values[name] for name in _ANSWERED_SLOTS)
+        self._backend.append(request_id, time, Outcome.ANSWERED.value, api_key, text)
 
     def rows(
         self,

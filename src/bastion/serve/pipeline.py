@@ -226,16 +226,14 @@ class Pipeline:
             checks["monitors"] = summary
             recorded = JsonText.of([summary.value])
         if self.audit is not None:
-            self.audit.append(
-                AuditRecord.create(
-                    inputs=body,
-                    request_id=request_id,
-                    api_key=api_key,
-                    validation=checks.get("input"),
-                    prediction=JsonText.of_ints(inference.predictions.tolist()),
-                    checks=checks.get("output"),
-                    monitors=recorded,
-                )
+            self.audit.append_answered(
+                inputs=body,
+                request_id=request_id,
+                api_key=api_key,
+                validation=checks.get("input"),
+                prediction=JsonText.of_ints(inference.predictions.tolist()),
+                checks=checks.get("output"),
+                monitors=recorded,
             )
         return checks
 
