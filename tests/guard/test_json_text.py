@@ -82,6 +82,12 @@ def test_object_text_is_json_dumps_with_sorted_keys() -> None:
     assert object_text([]) == "{}"
 
 
+@given(_values)
+def test_listed_is_of_the_one_item_list(value: Any) -> None:
+    fast, slow = JsonText.of(value).listed(), JsonText.of([value])
+    assert (fast.text, fast.value) == (slow.text, slow.value)
+
+
 @given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8))
 def test_of_ints_is_of_for_int_lists(values: list[int]) -> None:
     fast, slow = JsonText.of_ints(values), JsonText.of(values)

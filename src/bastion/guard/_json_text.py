@@ -56,6 +56,10 @@ class JsonText:
         text = canonical_text(value)
         return cls(json.loads(text), text)
 
+    def listed(self) -> JsonText:
+        """``[value]``: its text is this one's in brackets (no second encoding)."""
+        return JsonText([self.value], f"[{self.text}]")
+
     @classmethod
     def of_ints(cls, values: list[int]) -> JsonText:
         """A list of Python ints (``Tensor.tolist()`` of an integer tensor): already canonical,

@@ -134,7 +134,7 @@ class MonitorWorker:
 
 def _snapshot(summary: dict[str, Any]) -> tuple[JsonText, JsonText]:
     encoded = JsonText.of(summary)
-    return encoded, JsonText.of([encoded.value])
+    return encoded, encoded.listed()
 
 
 def _coalesce(items: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:

@@ -224,7 +224,7 @@ class Pipeline:
                     listener(results)
             summary = JsonText.of(summarize(results))
             checks["monitors"] = summary
-            recorded = JsonText.of([summary.value])
+            recorded = summary.listed()
         if self.audit is not None:
             self.audit.append_answered(
                 inputs=body,
