@@ -113,28 +113,14 @@ class AuditRecord(Result):
 
     def __post_init__(self) -> None:
         # The free-form fields become JSON values once, here, so that to_dict is a flat copy
-        # instead of a second walk of every nested value, and the record's stored text (sorted
-        # keys) is kept for AuditLog.append, which then encodes nothing. Fields given as
-        # JsonText (a server's repeated pieces, encoded once) are spliced in as they are.
-        fields = self._fields_dict()
-        if not any(isinstance(fields[name], JsonText) for name in _FREE_FORM):
-            text = canonical_text(fields)  # one C-codec round trip of the whole record
-            values = json.loads(text)
-            for name in _FREE_FORM:
-                object.__setattr__(self, name, values[name])
-        else:  # the server's path: in the stored (sorted) key order, no dict, no sort
-            parts = []
-            for name, head in _KEYS_SORTED:
-                value = fields[name]
-                if isinstance(value, JsonText):
-                    object.__setattr__(self, name, value.value)
-                    parts.append(head + value.text)
-                    continue
-                part = canonical_text(value)
-                if name in _FREE_FORM:
-                    object.__setattr__(self, name, json.loads(part))
-                parts.append(head + part)
-            text = "{" + ", ".join(parts) + "}"
+        # instead of a second walk of every nested value. One C-codec round trip of the whole
+        # record: its text (sorted keys, what the log stores) is kept for AuditLog.append,
+        # which then encodes nothing. (A server's answered rows skip the record altogether:
+        # AuditLog.append_answered.)
+        text = canonical_text(self._fields_dict())
+        values = json.loads(text)
+        for name in _FREE_FORM:
+            object.__setattr__(self, name, values[name])
         object.__setattr__(self, "_text", text)
 
     def _fields_dict(self) -> dict[str, Any]:
@@ -173,13 +159,9 @@ class AuditRecord(Result):
         validation: Any = None,
         prediction: Any = None,
         checks: Any = None,
-        monitors: Sequence[Any] | JsonText | None = None,
+        monitors: Sequence[Any] | None = None,
     ) -> AuditRecord:
-        """Build a record now: digests ``inputs`` and turns results into JSON values.
-
-        Any of ``validation``, ``prediction``, ``checks`` and ``monitors`` may be given as a
-        :class:`~bastion.guard._json_text.JsonText` (encoded once, shared by many records).
-        """
+        """Build a record now: digests ``inputs`` and turns results into JSON values."""
         return cls(
             request_id=request_id or uuid.uuid4().hex,
             time=_now(),
@@ -190,8 +172,7 @@ class AuditRecord(Result):
             validation=validation,
             prediction=prediction,
             checks=checks,
-            monitors=monitors if monitors is None or isinstance(monitors, JsonText)
-            else list(monitors),
+            monitors=list(monitors) if monitors is not None else None,
         )
 
     @classmethod
