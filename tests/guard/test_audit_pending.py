@@ -242,3 +242,18 @@ def test_a_row_reaching_the_table_during_the_id_check_is_still_a_duplicate(
     log.close()
     with pytest.raises(Exception, match="closed"):
         log.append(AuditRecord.create(inputs=b"z", request_id="z"))
+
+
+def test_a_field_that_is_not_unicode_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.db"
+    log = AuditLog.open(path)
+    with pytest.raises(InputValidationError, match=r"request id 'bad\\ud800' is not valid"):
+        log.append(AuditRecord.create(inputs=b"x", request_id="bad\ud800"))
+    with pytest.raises(InputValidationError, match="API key name"):
+        log.append(AuditRecord.create(inputs=b"x", request_id="k", api_key="\udfff"))
+    log.append(AuditRecord.create(inputs=b"x", request_id="k"))  # the id was not taken
+    assert [r.request_id for r in log.rows()] == ["k"]  # and the ingester was not wedged
+    log.close()
+    assert _pending(path) == []

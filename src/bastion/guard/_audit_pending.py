@@ -46,13 +46,18 @@ _ABSENT = 0xFFFFFFFF
 
 
 def frame(row: Row) -> bytes:
-    """One row as a frame (length, CRC, payload)."""
+    """One row as a frame (length, CRC, payload).
+
+    Raises:
+        UnicodeEncodeError: a field is not valid Unicode (a lone surrogate), which neither this
+            file nor SQLite can store.
+    """
     parts = []
     for value in row:
         if value is None:
             parts.append(_LENGTH.pack(_ABSENT))
         else:
-            data = value.encode("utf-8", "surrogatepass")
+            data = value.encode("utf-8")
             parts += (_LENGTH.pack(len(data)), data)
     payload = b"".join(parts)
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -72,7 +77,7 @@ def _fields(payload: bytes) -> Row | None:
             continue
         if offset + length > len(payload):
             return None
-        values.append(payload[offset:offset + length].decode("utf-8", "surrogatepass"))
+        values.append(payload[offset:offset + length].decode("utf-8"))
         offset += length
     if offset != len(payload) or any(values[i] is None for i in (0, 1, 2, 4)):
         return None

@@ -126,7 +126,15 @@ class SQLiteBackend:
         self, request_id: str, time: str, outcome: str, api_key: str | None, record: str
     ) -> None:
         row: Row = (request_id, time, outcome, api_key, record)
-        pending = _Pending(row, frame(row))
+        try:
+            pending = _Pending(row, frame(row))
+        except UnicodeEncodeError as err:  # refused here: the table could never take it
+            i = next(i for i, v in enumerate(row) if v is not None and _unencodable(v))
+            name = ("request id", "time", "outcome", "API key name", "record")[i]
+            raise InputValidationError(
+                f"the {name} {row[i]!r} is not valid Unicode (a lone surrogate at position "
+                f"{err.start}); nothing was written"
+            ) from err
         # The table lookup runs outside the lock: it releases the interpreter lock, and under
         # load taking that back can take a switch interval (5 ms) while every appender waits.
         # If rows reached the table meanwhile (``_ingested`` moved), it is redone under the lock.
@@ -382,3 +390,11 @@ class SQLiteBackend:
             with self._queued_lock:
                 for conn in self._lookup_conns:
                     conn.close()
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
