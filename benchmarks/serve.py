@@ -99,9 +99,9 @@ class TimedAuditLog(AuditLog):
         self.seconds: list[float] = []
         write = self._backend.append
 
-        def timed(*row: object) -> None:  # every append path ends here
+        def timed(*row: object, **how: bool) -> None:  # every append path ends here
             began = time.perf_counter()
-            write(*row)
+            write(*row, **how)
             self.seconds.append(time.perf_counter() - began)
 
         self._backend.append = timed

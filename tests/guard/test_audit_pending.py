@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import bastion.guard._audit_sqlite as backend_module
 from bastion.core.errors import InputValidationError
 from bastion.guard._audit_pending import MAGIC, PendingFile, Row, frame, read_rows
+from bastion.guard._json_text import JsonText
 from bastion.guard.audit_log import AuditLog, AuditRecord
 
 
@@ -73,6 +74,7 @@ _CHILD = """
 import sys, time
 import bastion.guard._audit_sqlite as S
 S.INGEST_INTERVAL = 3600.0  # the ingester never gets to run: rows stay pending
+from bastion.guard._json_text import JsonText
 from bastion.guard.audit_log import AuditLog, AuditRecord
 log = AuditLog.open(sys.argv[1])
 for i in range(50):
@@ -257,3 +259,40 @@ def test_a_field_that_is_not_unicode_is_refused_before_anything_is_written(
     assert [r.request_id for r in log.rows()] == ["k"]  # and the ingester was not wedged
     log.close()
     assert _pending(path) == []
+
+
+def _answered(log: AuditLog, rid: str, prediction: int, *, fresh_id: bool) -> None:
+    log.append_answered(inputs=b"x", request_id=rid, api_key=None, validation=None,
+                        prediction=JsonText.of_ints([prediction]), checks=None, monitors=None,
+                        fresh_id=fresh_id)
+
+
+def test_a_fresh_id_skips_the_table_lookup_and_a_repeat_is_still_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server mints every request id from a random UUID and says so (``fresh_id``): no
+    index lookup per request. Ids still pending are checked in memory, and the impossible repeat
+    of a stored id is caught when the row moves in: the stored row stays, the file is kept."""
+    monkeypatch.setattr(backend_module, "INGEST_INTERVAL", 3600.0)
+    path = tmp_path / "audit.db"
+    log = AuditLog.open(path)
+    backend = log._backend
+    _answered(log, "stored", 1, fresh_id=False)
+    assert len(log) == 1  # in the table now
+    lookups: list[str] = []
+    real = backend._in_table
+    monkeypatch.setattr(backend, "_in_table", lambda rid: lookups.append(rid) or real(rid))
+    _answered(log, "new", 2, fresh_id=True)
+    assert lookups == []
+    with pytest.raises(InputValidationError, match="already in the audit log"):
+        _answered(log, "new", 3, fresh_id=True)  # still pending: refused without a lookup
+    with pytest.raises(InputValidationError, match="already in the audit log"):
+        _answered(log, "stored", 4, fresh_id=False)  # not fresh: looked up, refused
+    assert lookups == ["stored"]
+    _answered(log, "stored", 5, fresh_id=True)  # a caller that lied about its id
+    with caplog.at_level(logging.ERROR, logger="bastion.audit"):
+        assert len(log) == 2
+    assert backend.conflicts == 1 and "stored with another record" in caplog.text
+    assert [r.prediction for r in log.rows()] == [[1], [2]]  # the stored row is untouched
+    log.close()
+    assert len(_pending(path)) == 1  # kept for a person

@@ -36,11 +36,16 @@ def test_one_audit_row_per_request_with_digest(
                         output_checker=OutputChecker(10), audit=log)
     bodies = [json.dumps({"inputs": x_test[i : i + 2].tolist()}).encode() for i in range(3)]
     bodies.append(json.dumps({"inputs": (x_test[:1] + 3).tolist()}).encode())  # rejected
+    lookups: list[str] = []
+    in_table = log._backend._in_table
+    log._backend._in_table = lambda rid: lookups.append(rid) or in_table(rid)
     with start(pipeline) as live, connect(live) as c:
         answers = [c.post("/v1/predict", content=b, headers={"content-type": "application/json"})
                    for b in bodies]
         c.get("/v1/monitor")  # not a decision: no row
     assert [a.status_code for a in answers] == [200, 200, 200, 422]
+    # the server mints its ids (random UUIDs): answered rows skip the table lookup
+    assert lookups == [answers[3].headers["x-request-id"]]
     rows = log.rows()
     log.close()
     assert [r.request_id for r in rows] == [a.headers["x-request-id"] for a in answers]

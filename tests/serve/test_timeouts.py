@@ -37,9 +37,9 @@ class SlowLog(AuditLog):
         super().__init__(AuditLog.open(path)._backend)
         write = self._backend.append
 
-        def slow(*row: Any) -> None:  # every append path ends here
+        def slow(*row: Any, **how: Any) -> None:  # every append path ends here
             time.sleep(seconds)
-            write(*row)
+            write(*row, **how)
 
         self._backend.append = slow
 

@@ -99,8 +99,10 @@ class PostgresBackend:
             ) from None
 
     def append(
-        self, request_id: str, time: str, outcome: str, api_key: str | None, record: str
+        self, request_id: str, time: str, outcome: str, api_key: str | None, record: str,
+        *, fresh_id: bool = False,
     ) -> None:
+        del fresh_id  # the insert itself refuses a repeat: there is no lookup to skip
         row = (request_id, time, outcome, api_key, record)
         psycopg = self._psycopg
         with self._lock:

@@ -123,7 +123,8 @@ class SQLiteBackend:
         self._ingester: threading.Thread | None = None
 
     def append(
-        self, request_id: str, time: str, outcome: str, api_key: str | None, record: str
+        self, request_id: str, time: str, outcome: str, api_key: str | None, record: str,
+        *, fresh_id: bool = False,
     ) -> None:
         row: Row = (request_id, time, outcome, api_key, record)
         try:
@@ -135,17 +136,18 @@ class SQLiteBackend:
                 f"the {name} {row[i]!r} is not valid Unicode (a lone surrogate at position "
                 f"{err.start}); nothing was written"
             ) from err
-        # The table lookup runs outside the lock: it releases the interpreter lock, and under
-        # load taking that back can take a switch interval (5 ms) while every appender waits.
-        # If rows reached the table meanwhile (``_ingested`` moved), it is redone under the lock.
+        # The table lookup runs outside the lock (it releases the interpreter lock: under load
+        # taking that back can take a switch interval while every appender waits), redone under
+        # it if rows reached the table meanwhile. A fresh id (a random UUID minted for this
+        # request) skips it; a repeat would still be caught on insert (a conflict, files kept).
         if self._closing:
             raise ConfigurationError(f"audit log {self.path} is closed")
         seen = self._ingested
-        in_table = self._in_table(request_id)
+        in_table = False if fresh_id else self._in_table(request_id)
         with self._queued_lock:
             if self._closing:
                 raise ConfigurationError(f"audit log {self.path} is closed")
-            if not in_table and self._ingested != seen:
+            if not in_table and not fresh_id and self._ingested != seen:
                 in_table = self._in_table(request_id)
             if in_table or request_id in self._unindexed:
                 raise InputValidationError(

@@ -42,6 +42,7 @@ import torch
 from bastion.core.atomic import atomic_open
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result
+from bastion.guard._audit_time import now_text as _now
 from bastion.guard._json_text import JsonText, canonical_text, object_text
 
 __all__ = ["AuditLog", "AuditRecord", "Outcome", "digest_input"]
@@ -207,10 +208,6 @@ _ANSWERED_SLOTS = tuple(n for n, _ in _KEYS_SORTED
                         if n not in ("outcome", "reason", "schema_version"))
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _since_text(since: dt.datetime | str | None) -> str | None:
     if since is None or isinstance(since, str):
         return since
@@ -291,10 +288,17 @@ class AuditLog:
         prediction: JsonText,
         checks: JsonText | None,
         monitors: JsonText | None,
+        fresh_id: bool = False,
     ) -> None:
         """Append an answered request from pieces encoded already, without building an
         :class:`AuditRecord`: what a server's request path does. Stores exactly what
         ``append(AuditRecord.create(...))`` with the same values would.
+
+        ``fresh_id=True`` says the caller minted ``request_id`` for this request from a random
+        UUID (as ``bastion serve`` does): the SQLite backend then skips looking the id up among
+        the stored rows (one index lookup per request). Ids not yet moved into the table are
+        still checked; a repeat of a stored id would be caught when the row is moved in, logged
+        as a conflict with the pending file kept.
 
         Raises:
             InputValidationError: the request id is already in the log (nothing is written).
@@ -311,7 +315,8 @@ class AuditLog:
             "validation": "null" if validation is None else validation.text,
         }
         text = _ANSWERED % tuple(values[name] for name in _ANSWERED_SLOTS)
-        self._backend.append(request_id, time, Outcome.ANSWERED.value, api_key, text)
+        self._backend.append(request_id, time, Outcome.ANSWERED.value, api_key, text,
+                             fresh_id=fresh_id)
 
     def rows(
         self,

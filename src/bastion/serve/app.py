@@ -206,8 +206,8 @@ def create_app(
                 raise
             if not gate.enter():
                 return None  # the client has its 503: nothing may be recorded as answered
-            return inference, pipeline.commit(
-                request_id=rid, body=body, inference=inference, api_key=key_name
+            return inference, pipeline.commit(  # rid: a uuid4 minted by _Observed
+                request_id=rid, body=body, inference=inference, api_key=key_name, fresh_id=True
             )
 
         try:

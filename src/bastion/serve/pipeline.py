@@ -124,12 +124,6 @@ class Pipeline:
             self._clean_outputs[key] = text
         return text
 
-    @property
-    def commit_blocks(self) -> bool:
-        """Whether :meth:`commit` may block (an audit write, or monitors on the request path);
-        otherwise it only hands the batch to the monitors' thread and may run anywhere."""
-        return self.audit is not None or (self.monitors is not None and self._worker is None)
-
     def infer(self, batch: Tensor) -> Inference:
         """Guard, run and check one batch (no side effects).
 
@@ -204,12 +198,15 @@ class Pipeline:
         )
 
     def commit(
-        self, *, request_id: str, body: bytes, inference: Inference, api_key: str | None = None
+        self, *, request_id: str, body: bytes, inference: Inference, api_key: str | None = None,
+        fresh_id: bool = False,
     ) -> dict[str, JsonText]:
         """Feed the monitors and write the audit row (committed on return); the checks to send,
         each with its JSON text (the pieces repeated from request to request are encoded once).
 
-        ``api_key`` is the *name* of the caller's key, recorded in the audit row.
+        ``api_key`` is the *name* of the caller's key, recorded in the audit row. ``fresh_id``:
+        ``request_id`` was minted for this request from a random UUID (see
+        :meth:`AuditLog.append_answered <bastion.guard.audit_log.AuditLog.append_answered>`).
         """
         checks = dict(inference.checks)
         recorded: JsonText | None = None  # the audit row's monitors field: [summary]
@@ -234,6 +231,7 @@ class Pipeline:
                 prediction=JsonText.of_ints(inference.predictions.tolist()),
                 checks=checks.get("output"),
                 monitors=recorded,
+                fresh_id=fresh_id,
             )
         return checks
 
