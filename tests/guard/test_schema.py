@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard import FeatureStats, TensorSchema, as_tensor
@@ -275,3 +278,66 @@ def test_fast_valid_path_hands_a_z_score_at_the_limit_to_the_exact_check() -> No
     assert schema.validate(at_limit).ok  # ...the exact check decides
     assert not schema.validate(at_limit * 1.001).ok
     assert _checks.certainly_valid(schema, at_limit * 0.5)
+
+
+_ODD = st.sampled_from([0.0, 0.5, 1.0, 1.0001, -1e-6, 3e38, -3e38, math.nan, math.inf, -math.inf])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    rows=st.integers(1, 4),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    bounds=st.booleans(),
+    with_stats=st.booleans(),
+    z_limit=st.floats(0.5, 4.0),
+    odd=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), _ODD), max_size=3),
+    transposed=st.booleans(),
+)
+def test_fast_valid_path_is_never_wrong(
+    seed: int, rows: int, dtype: torch.dtype, bounds: bool, with_stats: bool, z_limit: float,
+    odd: list[tuple[int, int, float]], transposed: bool,
+) -> None:
+    """The fast path may only say "valid" when every rule holds, whatever the dtype, layout or
+    values (NaN, infinities, values that overflow the z-score, non-contiguous views)."""
+    from bastion.guard import _checks
+
+    gen = torch.Generator().manual_seed(seed)
+    ref = torch.rand(64, 6, generator=gen, dtype=torch.float64).to(dtype)
+    schema = TensorSchema.infer(ref, bounds=(0.0, 1.0) if bounds else None,
+                                z_limit=z_limit if with_stats else None)
+    batch = torch.rand(rows, 6, generator=gen, dtype=torch.float64).to(dtype)
+    for i, j, value in odd:
+        batch[i % rows, j] = value
+    if transposed:  # the same values, laid out column-major
+        batch = batch.t().contiguous().t()
+    slow = _slow_report(schema, batch)
+    if _checks.certainly_valid(schema, batch):
+        assert slow.ok, slow  # type: ignore[attr-defined]
+    assert schema.validate(batch).to_dict() == slow.to_dict()  # type: ignore[attr-defined]
+
+
+def test_fast_valid_path_accepts_a_plainly_valid_batch() -> None:
+    """Not a path that always defers: a batch well inside every rule is accepted fast (a tensor
+    that needs grad too, without a warning), and a batch that breaks the range or the z-score
+    rule is not."""
+    from bastion.guard import _checks
+
+    stats = FeatureStats(mean=torch.full((4,), 0.5), std=torch.full((4,), 0.25), z_limit=1.0)
+    schema = TensorSchema(shape=("batch", 4), dtype=(torch.float32, torch.float64), min=0.0,
+                          max=1.0, stats=stats)
+    row_ok = [0.4, 0.6, 0.4, 0.6]  # rms z 0.4
+    for dtype in (torch.float32, torch.float64):
+        batches = {
+            "valid": (torch.tensor([row_ok] * 3, dtype=dtype), True),
+            "out of range": (torch.tensor([row_ok, row_ok, [0.4, 1.0 + 1e-6, 0.4, 0.6]],
+                                          dtype=dtype), False),
+            "z-score": (torch.tensor([row_ok, [0.0, 1.0, 0.0, 1.0]], dtype=dtype), False),
+        }
+        for name, (batch, expected) in batches.items():
+            assert _checks.certainly_valid(schema, batch) is expected, (name, dtype)
+            needs_grad = batch.clone().requires_grad_(True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert _checks.certainly_valid(schema, needs_grad) is expected, (name, dtype)
+            assert schema.validate(batch).ok is expected

@@ -196,7 +196,7 @@ def certainly_valid(schema: TensorSchema, x: Tensor) -> bool:
         return False
     if not (x.is_floating_point() or x.dtype in _VALUE_KINDS):
         return True  # bool tensors: no value rules apply
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.detach().reshape(x.shape[0], -1)  # (no warning converting a grad tensor's range)
     if schema.min is not None or schema.max is not None or (
             schema.finite and x.is_floating_point()):
         low, high = torch.aminmax(flat)
