@@ -151,3 +151,21 @@ def test_rate_limit_429_per_key(demo_parts: Any, schema: TensorSchema, start: An
     assert codes == [200, 200, 200, 429, 429]
     assert r.status_code == 429 and r.json()["error"] == "rate_limited"
     assert int(r.headers["retry-after"]) >= 1
+
+
+def test_the_checks_text_is_reused_only_for_the_same_parts() -> None:
+    from bastion.guard._json_text import JsonText, object_text
+    from bastion.serve.app import _ChecksText
+
+    texts = _ChecksText()
+    valid, clean = JsonText.of({"valid": True}), JsonText.of({"ok": True})
+    first = texts({"input": valid, "output": clean})
+    assert first == object_text([("input", valid.text), ("output", clean.text)])
+    assert texts({"input": valid, "output": clean}) is first  # the same parts: reused
+    flagged = JsonText.of({"ok": True, "flagged": {"low_margin": [0]}})
+    assert json.loads(texts({"input": valid, "output": flagged}))["output"] == flagged.value
+    equal_but_new = JsonText.of({"valid": True})  # equal text, another object: encoded again
+    again = texts({"input": equal_but_new, "output": flagged})
+    assert again == texts({"input": valid, "output": flagged})
+    assert json.loads(texts({"input": valid})) == {"input": {"valid": True}}  # fewer parts
+    assert texts({}) == "{}"

@@ -119,6 +119,7 @@ def create_app(
     metrics = metrics or ServerMetrics()
     limiter = RateLimiter(rate=config.rate_per_second, burst=config.burst)
     pools = _Pools(config.workers)
+    checks_text = _ChecksText()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -225,12 +226,13 @@ def create_app(
         metrics.samples.inc(len(inference.predictions))
         _count_checks(metrics, checks)
         # Encoded here by the C encoder, splicing in the checks' texts (the pieces repeated from
-        # request to request were encoded once): the answer is made of JSON values already
-        # (probabilities finite, checked), so the response model's validation and its generic
-        # serialisation would only redo work; PredictResponse still documents it.
+        # request to request were encoded once, and so is their object while they stay the
+        # same): the answer is made of JSON values already (probabilities finite, checked), so
+        # the response model's validation and its generic serialisation would only redo work;
+        # PredictResponse still documents it.
         text = object_text([
-            ("checks", object_text((name, part.text) for name, part in checks.items())),
-            ("predictions", json.dumps(inference.predictions.tolist())),
+            ("checks", checks_text(checks)),
+            ("predictions", inference.prediction_text.text),
             ("probabilities", json.dumps(inference.probabilities.tolist(), allow_nan=False)),
             ("request_id", json.dumps(rid)),
         ])
@@ -267,6 +269,27 @@ class _Pools:
     def stop(self) -> None:
         self.infer.shutdown(wait=False, cancel_futures=True)
         self.commit.shutdown(wait=True)
+
+
+class _ChecksText:
+    """The ``checks`` object of an answer: its text is remembered for the last set of parts
+    (the same objects from request to request while nothing is flagged and the monitors'
+    verdict stands), so that most answers reuse it."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[tuple[str, JsonText], ...], str] = ((), "{}")
+
+    def __call__(self, checks: dict[str, JsonText]) -> str:
+        parts = tuple(checks.items())
+        last_parts, last_text = self._last  # one read: another thread may replace it
+        if len(parts) == len(last_parts) and all(
+            name == last_name and part is last_part
+            for (name, part), (last_name, last_part) in zip(parts, last_parts, strict=True)
+        ):
+            return last_text
+        text = object_text((name, part.text) for name, part in parts)
+        self._last = (parts, text)
+        return text
 
 
 async def _on(pool: concurrent.futures.Executor, fn: Callable[[], Any]) -> Any:

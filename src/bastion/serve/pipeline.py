@@ -52,6 +52,7 @@ class Inference:
     probabilities: Tensor
     predictions: Tensor
     checks: dict[str, JsonText]
+    prediction_text: JsonText  # the predictions as a JSON list, for the answer and the audit row
 
 
 def _to_json(value: Any) -> Any:
@@ -195,6 +196,7 @@ class Pipeline:
             probabilities=probabilities,
             predictions=predictions,
             checks=checks,
+            prediction_text=JsonText.of_ints(predictions.tolist()),
         )
 
     def commit(
@@ -228,7 +230,7 @@ class Pipeline:
                 request_id=request_id,
                 api_key=api_key,
                 validation=checks.get("input"),
-                prediction=JsonText.of_ints(inference.predictions.tolist()),
+                prediction=inference.prediction_text,
                 checks=checks.get("output"),
                 monitors=recorded,
                 fresh_id=fresh_id,
