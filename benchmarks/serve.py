@@ -22,6 +22,7 @@ keep-alive clients), as real clients do; the servers run the default number of i
 ``--requests`` per variant, loopback only.
 
     python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--workers 2] [--chunk 100]
+        [--variants guard,normal,full] [--split]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
@@ -55,38 +57,64 @@ from conftest import LiveServer  # noqa: E402
 _CLIENT = r"""
 import concurrent.futures, json, socket, sys, time
 import httpx
-url, key, path, start, stop, clients = sys.argv[1:7]
-bodies = open(path, "rb").read().split(b"\n")[int(start):int(stop)]
+url, key, path, clients = sys.argv[1:5]
+bodies = open(path, "rb").read().split(b"\n")
 headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
-def run(part):
-    nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    out = []
-    with httpx.Client(base_url=url, headers=headers, transport=nodelay) as client:
-        client.post("/v1/predict", content=part[0])  # connect
-        for body in part:
-            t = time.perf_counter()
-            r = client.post("/v1/predict", content=body)
-            out.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
-    return out
+nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
 n = int(clients)
+sessions = [httpx.Client(base_url=url, headers=headers, transport=nodelay) for _ in range(n)]
+def run(client, part):
+    out = []
+    for body in part:
+        t = time.perf_counter()
+        r = client.post("/v1/predict", content=body)
+        out.append(time.perf_counter() - t)
+        assert r.status_code == 200, r.text
+    return out
 with concurrent.futures.ThreadPoolExecutor(n) as pool:
-    parts = [bodies[i::n] for i in range(n)]
-    print(json.dumps([t for part in pool.map(run, parts) for t in part]))
+    for line in sys.stdin:  # "start stop": send those bodies, answer their latencies
+        start, stop = map(int, line.split())
+        parts = [bodies[start:stop][i::n] for i in range(n)]
+        got = pool.map(run, sessions, parts)
+        print(json.dumps([t for part in got for t in part]), flush=True)
 """
 
 
-def send(url: str, key: str, bodies: Path, start: int, stop: int, clients: int) -> list[float]:
-    """Latencies (s) of the request bodies ``start:stop`` (lines of ``bodies``), sent by
-    ``clients`` keep-alive clients in a process of their own: a client in the server's process
-    would compete with it for the interpreter lock, which no real client does."""
-    out = subprocess.run(
-        [sys.executable, "-c", _CLIENT, url, key, str(bodies), str(start), str(stop),
-         str(clients)],
-        capture_output=True, text=True, check=True, timeout=600,
-    )
-    latencies: list[float] = json.loads(out.stdout)
-    return latencies
+class Client:
+    """``clients`` keep-alive clients in a process of their own (a client in the server's
+    process would compete with it for the interpreter lock, which no real client does), kept
+    for the whole run: each :meth:`send` reuses its connections."""
+
+    def __init__(self, url: str, key: str, bodies: Path, clients: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _CLIENT, url, key, str(bodies), str(clients)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+
+    def send(self, start: int, stop: int) -> list[float]:
+        """Latencies (s) of the request bodies ``start:stop`` (lines of the bodies file)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{start} {stop}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client process failed (exit {self.process.wait()})")
+        latencies: list[float] = json.loads(line)
+        return latencies
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+def median_interval(ratios: list[float], seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of per-round ratios (rounds resampled)."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(ratios)
+    medians = np.median(rng.choice(values, size=(2000, len(values)), replace=True), axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975])
+    return float(low), float(high)
 
 
 class TimedAuditLog(AuditLog):
@@ -135,7 +163,18 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100, help="requests per variant per round")
     parser.add_argument("--split", action="store_true",
                         help="add a variant without monitors (the monitors' share)")
+    parser.add_argument("--variants", default="guard,normal,full",
+                        help="compared with the bare model, from checks (schema and output "
+                        "checks), guard (no audit log), normal, full (the audit log's modes); "
+                        "fewer variants make the rounds shorter, so the host moves less "
+                        "within one")
     args = parser.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.split and "checks" not in chosen:
+        chosen.insert(0, "checks")
+    unknown = set(chosen) - {"checks", "guard", "normal", "full"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}")
     torch.set_num_threads(1)
     data = load_mnist5k()
     model = load_model(ModelSpec.parse("demo"))
@@ -165,42 +204,48 @@ def main() -> None:
                             audit=None if sync is None else logs[sync])
         return make
 
+    available: dict[str, tuple[str, Callable[[], Pipeline]]] = {
+        "checks": ("schema and output checks only", guarded(None, monitors=False)),
+        "guard": ("guard (schema, output checks, 4 monitors), no audit log", guarded(None)),
+        "normal": ("guarded, audit `synchronous=NORMAL` (default: survives kill -9)",
+                   guarded("NORMAL")),
+        "full": ("guarded, audit `synchronous=FULL` (opt-in: fsync, survives power loss)",
+                 guarded("FULL")),
+    }
     variants: dict[str, Callable[[], Pipeline]] = {
         "bare model": lambda: Pipeline(model=model, schema=schema),
     }
-    if args.split:
-        variants["schema and output checks only"] = guarded(None, monitors=False)
-    variants |= {
-        "guard (schema, output checks, 4 monitors), no audit log": guarded(None),
-        "guarded, audit `synchronous=NORMAL` (default: survives kill -9)": guarded("NORMAL"),
-        "guarded, audit `synchronous=FULL` (opt-in: fsync, survives power loss)": guarded("FULL"),
-    }
+    for short in [v for v in available if v in chosen]:
+        label, make = available[short]
+        variants[label] = make
     config = ServeConfig(rate_per_second=1e9, burst=10**9, workers=args.workers)
     load_before = os.getloadavg()
     latencies: dict[str, list[float]] = {name: [] for name in variants}
     round_p50: dict[str, list[float]] = {name: [] for name in variants}
+    round_p99: dict[str, list[float]] = {name: [] for name in variants}
     seconds: dict[str, float] = dict.fromkeys(variants, 0.0)
     cpu_s: dict[str, float] = dict.fromkeys(variants, 0.0)
     with contextlib.ExitStack() as stack:
-        urls = {
-            name: stack.enter_context(LiveServer(create_app(make(), KeyStore.load(keys),
+        clients = {}
+        for name, make in variants.items():
+            url = stack.enter_context(LiveServer(create_app(make(), KeyStore.load(keys),
                                                             config))).url
-            for name, make in variants.items()
-        }
-        for url in urls.values():  # warm-up: first allocations and monitor updates
-            send(url, key, bodies_file, 0, 20, args.clients)
-        names = list(urls)
+            clients[name] = Client(url, key, bodies_file, args.clients)
+            stack.callback(clients[name].close)
+        for client in clients.values():  # warm-up: connections, first allocations, monitors
+            client.send(0, 20)
+        names = list(clients)
         for turn, start in enumerate(range(0, args.requests, args.chunk)):
             stop = min(start + args.chunk, args.requests)
             shift = turn % len(names)  # rotate: each variant follows each other one in turn
             for name in names[shift:] + names[:shift]:
-                url = urls[name]
                 cpu = time.process_time()  # the servers' threads (the clients are elsewhere)
-                got = send(url, key, bodies_file, start, stop, args.clients)
+                got = clients[name].send(start, stop)
                 cpu_s[name] += time.process_time() - cpu
-                seconds[name] += sum(got) / args.clients  # busy time, without process start-up
+                seconds[name] += sum(got) / args.clients  # busy time
                 latencies[name] += got
                 round_p50[name].append(statistics.median(got))
+                round_p99[name].append(float(np.quantile(got, 0.99)))
     load_after = os.getloadavg()
     fsync_p50, fsync_p99 = fsync_ms(work)
     suite = default_monitors(data.x_test, ref_logits)
@@ -216,27 +261,35 @@ def main() -> None:
 
     rounds = len(round_p50["bare model"])
     print(f"python benchmarks/serve.py --requests {args.requests} --batch {args.batch} "
-          f"--clients {args.clients} --workers {args.workers} --chunk {args.chunk} — "
+          f"--clients {args.clients} --workers {args.workers} --chunk {args.chunk} "
+          f"--variants {','.join(chosen)} — "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 torch thread, {args.clients} "
           f"client(s) on loopback; {rounds} interleaved rounds; load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
-    print("| variant | batch | clients | req/s | p50 ms | p99 ms | p50 vs bare (median of rounds) "
-          "| per-round range | server CPU ms/request | CPU vs bare |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| variant | batch | clients | req/s | p50 ms | p99 ms | p50 vs bare (median of rounds, "
+          "95% interval) | per-round range | p99 vs bare (median of rounds, 95% interval) "
+          "| server CPU ms/request | CPU vs bare |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = round_p50["bare model"]
     base_cpu = cpu_s["bare model"] / len(latencies["bare model"])
     for name, lat in latencies.items():
         lat.sort()
         ratios = [v / b - 1 for v, b in zip(round_p50[name], base, strict=True)]
+        tail = [v / b - 1 for v, b in zip(round_p99[name], round_p99["bare model"], strict=True)]
         cpu = cpu_s[name] / len(lat)
         bare = name == "bare model"
-        vs = "—" if bare else f"{100 * statistics.median(ratios):+.0f}%"
+        low, high = (0.0, 0.0) if bare else median_interval(ratios)
+        vs = "—" if bare else (f"{100 * statistics.median(ratios):+.1f}% "
+                               f"[{100 * low:+.1f}%, {100 * high:+.1f}%]")
         spread = "—" if bare else f"{100 * min(ratios):+.0f}% … {100 * max(ratios):+.0f}%"
+        tail_low, tail_high = (0.0, 0.0) if bare else median_interval(tail)
+        tail_vs = "—" if bare else (f"{100 * statistics.median(tail):+.1f}% "
+                                    f"[{100 * tail_low:+.1f}%, {100 * tail_high:+.1f}%]")
         cpu_vs = "—" if bare else f"{100 * (cpu / base_cpu - 1):+.0f}%"
         print(f"| {name} | {args.batch} | {args.clients} | {len(lat) / seconds[name]:.0f} | "
               f"{1000 * statistics.median(lat):.2f} | "
-              f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} | "
+              f"{1000 * lat[int(0.99 * (len(lat) - 1))]:.2f} | {vs} | {spread} | {tail_vs} | "
               f"{1000 * cpu:.2f} | {cpu_vs} |")
     appends = {sync: sorted(log.seconds) for sync, log in logs.items()}
     print("\naudit row append inside the server (id check + pending-file write): " + "; ".join(

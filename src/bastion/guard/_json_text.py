@@ -1,12 +1,12 @@
 """JSON values encoded once and reused: the audit records of a busy server share most of theirs.
 
 A server's audit rows repeat the same pieces: the validation result of a valid batch is the same
-dict every time, the output checks of an unflagged batch too, and the monitors' verdict changes
-only when the monitors' thread finishes an update (every tenth of a second), not per request.
-Encoding them for every row was most of a row's cost (the floats of four monitors' statistics
-alone take ~30 µs through the codec). :class:`JsonText` holds a value with its canonical text
-(sorted keys, NaN and infinities as null, as the log stores records) so that a record built from
-it splices the text in instead of encoding it again, and keeps the canonical value (the text
+dict every time, the output checks of an unflagged batch too, and the monitors' verdict changes only
+when the monitors' thread finishes an update (one per half second or per 256 batches), not per
+request. Encoding them for every row was most of a row's cost (the floats of four monitors'
+statistics alone take ~30 µs through the codec). :class:`JsonText` holds a value with its canonical
+text (sorted keys, NaN and infinities as null, as the log stores records) so that a record built
+from it splices the text in instead of encoding it again, and keeps the canonical value (the text
 decoded) as its field.
 """
 
