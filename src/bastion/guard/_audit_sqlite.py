@@ -4,7 +4,8 @@ file and moved into the table in batches off the request path.
 The table, its triggers and its migrations: :mod:`bastion.guard._audit_schema`.
 
 The append path. ``append`` checks the request id is new (not waiting in this process, not in
-the table: one indexed lookup), writes the row to this process's pending file
+the table: one indexed lookup, skipped for an id the caller minted from a random UUID:
+``fresh_id``), writes the row to this process's pending file
 (:mod:`bastion.guard._audit_pending`) with one ``write()`` and returns. A daemon thread (the
 ingester) takes the rows written so far every ``INGEST_INTERVAL`` seconds, inserts them in one
 transaction, and deletes a pending file once every row in it is in the table; it also runs a
@@ -16,8 +17,7 @@ replays its pending file (rows already in the table are recognised by their requ
 every acknowledged row ends up in the table: copy the pending files along with the database.
 
 Why: one autocommitted INSERT writes three B-tree pages (the table, the request-id index, the
-time index) to the WAL, 60-130 µs on a server's request path; the pending frame costs 10-30 µs,
-and batched inserts cost the table less per row.
+time index) to the WAL, 60-130 µs on a server's request path; the pending frame costs 10-30 µs.
 
 Durability (``synchronous``). With either level an acknowledged row has been written to the
 kernel with ``write()``, so it survives the death of the process, ``kill -9`` included.
@@ -136,10 +136,9 @@ class SQLiteBackend:
                 f"the {name} {row[i]!r} is not valid Unicode (a lone surrogate at position "
                 f"{err.start}); nothing was written"
             ) from err
-        # The table lookup runs outside the lock (it releases the interpreter lock: under load
-        # taking that back can take a switch interval while every appender waits), redone under
-        # it if rows reached the table meanwhile. A fresh id (a random UUID minted for this
-        # request) skips it; a repeat would still be caught on insert (a conflict, files kept).
+        # The lookup runs outside the lock (it releases the interpreter lock; under load taking
+        # that back can take a switch interval while every appender waits), redone under it if
+        # rows reached the table meanwhile. A repeated fresh id would be caught on insert.
         if self._closing:
             raise ConfigurationError(f"audit log {self.path} is closed")
         seen = self._ingested
@@ -395,8 +394,4 @@ class SQLiteBackend:
 
 
 def _unencodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return not text.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in text)  # a surrogate
