@@ -10,16 +10,19 @@ latency of the disk is timed on its own too.
 
 On a shared machine the load changes while a benchmark runs, so the variants are measured in
 interleaved rounds (all servers stay up; each round sends ``--chunk`` requests to each variant
-in turn, starting one variant later each round, so that no variant always follows the same one:
-a variant's background work - its monitors' last update, an audit checkpoint - spills into the
-next one's turn) and the overhead is the median over rounds of each round's p50 ratio to bare:
-paired rounds see the same load. The servers' CPU time per request (all their threads, monitors
-included; the clients run elsewhere) is reported too: it moves far less with the load than
-latency does. Clients run in a process of their own (``--clients N``: N concurrent
-keep-alive clients), as real clients do; the servers run the default number of inference threads
-(``--workers``: 2, as ``bastion serve``; one per client was the earlier setting, and 8 threads on
-2 cores contend for the interpreter lock); req/s is requests over the clients' busy time. Bounded:
-``--requests`` per variant, loopback only.
+in turn, starting one variant later each round, so that no variant always follows the same one)
+and the overhead is the median over rounds of each round's p50 (and p99) ratio to bare, with a
+95% bootstrap interval over rounds: paired rounds see the same load. All servers share this
+process: a variant's background work (a monitor update, every half second; an audit ingest,
+every tenth) that fires during another variant's turn is charged to that one. Short rounds
+(``--chunk 100``) pair closely in time; long ones (``--chunk 1200``, ~3 s per variant) charge
+the background work where it belongs, which matters for the p99. ``--variants`` picks which
+variants to compare (fewer make the rounds shorter). The servers' CPU time per request (all
+their threads, monitors included; the clients run elsewhere) is reported too: it moves far less
+with the load than latency does. Clients run in processes of their own, one per variant for the
+whole run (``--clients N``: N concurrent keep-alive clients), as real clients do; the servers
+run the default number of inference threads (``--workers``: 2, as ``bastion serve``); req/s is
+requests over the clients' busy time. Bounded: ``--requests`` per variant, loopback only.
 
     python benchmarks/serve.py --requests 1000 --batch 1 [--clients 8] [--workers 2] [--chunk 100]
         [--variants guard,normal,full] [--split]
