@@ -45,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.core.priority import lower_this_thread
 from bastion.guard._audit_pending import PendingFile, Row, frame, orphans, read_rows
 from bastion.guard._audit_schema import SCHEMA, connect, migrate
 
@@ -221,6 +222,7 @@ class SQLiteBackend:
 
     def _ingest_loop(self) -> None:
         """Move the written rows into the table, in batches, until closed."""
+        lower_this_thread()  # the requests first: the batches can wait
         while True:
             self._due.wait()
             self._hurry.wait(INGEST_INTERVAL)  # let rows gather, unless a reader waits

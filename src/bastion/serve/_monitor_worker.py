@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bastion.core.priority import lower_this_thread
 from bastion.core.results import to_jsonable
 from bastion.guard._json_text import JsonText
 
@@ -117,6 +118,7 @@ class MonitorWorker:
         return self._queue.unfinished_tasks
 
     def _run(self) -> None:
+        lower_this_thread()  # the requests first: a verdict can wait
         while True:
             items = [self._queue.get()]
             if self.interval:  # let the next requests' batches join this update
