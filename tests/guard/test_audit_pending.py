@@ -296,3 +296,29 @@ def test_a_fresh_id_skips_the_table_lookup_and_a_repeat_is_still_caught(
     assert [r.prediction for r in log.rows()] == [[1], [2]]  # the stored row is untouched
     log.close()
     assert len(_pending(path)) == 1  # kept for a person
+
+
+def test_batched_inserts_judge_every_row_of_every_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go into the table several per statement; when a statement skips some (their ids are
+    stored), each of its rows is judged: a replay of the stored row, or a conflict."""
+    monkeypatch.setattr(backend_module, "INSERT_CHUNK", 3)
+    path = tmp_path / "audit.db"
+    with AuditLog.open(path) as log:
+        _append_all(log, ["r2", "r7"], prediction=[1])
+        stored = {r.request_id: r.stored_text() for r in log.rows()}
+    rows = [(f"r{i}", "t", "answered", None, stored.get(f"r{i}", f'{{"n": {i}}}'))
+            for i in range(10)]
+    rows[7] = ("r7", "t", "answered", None, stored["r7"].replace("[1]", "[2]"))  # a conflict
+    (tmp_path / "audit.db.pending-1-a").write_bytes(MAGIC + b"".join(frame(r) for r in rows))
+    with AuditLog.open(path) as log:
+        assert log._backend.conflicts == 1
+        assert sorted(_table_ids(path)) == sorted(f"r{i}" for i in range(10))
+    conn = sqlite3.connect(path)
+    try:  # the stored r7 is untouched
+        assert conn.execute("SELECT record FROM audit WHERE request_id = 'r7'").fetchall() == [
+            (stored["r7"],)]
+    finally:
+        conn.close()
+    assert [p.name for p in _pending(path)] == ["audit.db.pending-1-a"]  # kept for a person

@@ -47,7 +47,7 @@ from pathlib import Path
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.priority import lower_this_thread
 from bastion.guard._audit_pending import PendingFile, Row, frame, orphans, read_rows
-from bastion.guard._audit_schema import SCHEMA, connect, migrate
+from bastion.guard._audit_schema import INSERT_CHUNK, SCHEMA, connect, insert_sql, migrate
 
 __all__ = ["CHECKPOINT_ROWS", "INGEST_INTERVAL", "ROTATE_BYTES", "SYNCHRONOUS", "SQLiteBackend"]
 
@@ -55,16 +55,13 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 CHECKPOINT_ROWS = 256
 """Rows moved into the table between two WAL checkpoints (a few MiB of WAL at most)."""
 INGEST_INTERVAL = 0.1
-"""Seconds the ingester lets rows gather before it moves them into the table (fewer, larger
-transactions, and fewer wake-ups competing with requests for the interpreter lock)."""
+"""Seconds the ingester lets rows gather before it moves them in (fewer, larger transactions)."""
 ROTATE_BYTES = 1 << 20
 """A pending file takes no new rows past this size; it is deleted once its rows are in."""
 FLUSH_TIMEOUT = 60.0
 """Seconds a reader waits for the rows written so far to reach the table."""
 
 _log = logging.getLogger("bastion.audit")
-_INSERT = ("INSERT OR IGNORE INTO audit (request_id, time, outcome, api_key, record) "
-           "VALUES (?, ?, ?, ?, ?)")
 
 @dataclasses.dataclass(eq=False)
 class _Pending:
@@ -268,8 +265,12 @@ class SQLiteBackend:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for row in rows:
-                if conn.execute(_INSERT, row).rowcount == 0:
+            for i in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[i : i + INSERT_CHUNK]
+                inserted = conn.execute(insert_sql(len(chunk)), [v for r in chunk for v in r])
+                if inserted.rowcount == len(chunk):
+                    continue
+                for row in chunk:  # some ids were stored already: replays, or conflicts?
                     stored = conn.execute(
                         "SELECT record FROM audit WHERE request_id = ?", (row[0],)
                     ).fetchone()
