@@ -26,6 +26,7 @@ bitwise; with batch norm, statistics are per rank (as with plain DDP).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 
 import torch
@@ -96,7 +97,8 @@ class DistContext:
     def close(self) -> None:
         """Destroy the process group if :func:`setup` created it."""
         if self.created_group and dist.is_initialized():
-            dist.destroy_process_group()
+            gc.collect()  # DDP wrappers' reference cycles go while the group exists: freed later,
+            dist.destroy_process_group()  # at exit, a gloo group's threads may abort the process
             self.created_group = False
 
 
