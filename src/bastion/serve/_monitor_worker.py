@@ -5,18 +5,19 @@ on the first batch, waits ``interval`` seconds more (or until ``gather`` batches
 later requests' batches join it, then takes whatever is queued, concatenates the batches of the
 same sample shape (one monitor update for many requests, same samples in the same order, so the
 windows are exactly those of feeding them one by one; a window is tested at most once per
-update) and updates the suite. Waiting trades verdict freshness for far less work on the
-request path's cores and its interpreter lock: each update has a fixed cost per monitor
-(feature extraction, checks, the result; about 0.8 ms for the four default monitors on 2 busy
-cores), and while an update runs, the requests in flight share the interpreter lock with it.
-At 200 requests/s of one sample, batching 100 ms instead of 25 ms cut the monitors' CPU time
-from about 240 to 150 µs per sample; at 450 requests/s, 500 ms instead of 100 ms cut the p99
-latency overhead of the guard from +14% to +6% (fewer requests meet an update; p50 unchanged).
-Drift is slow: a verdict half a second old loses nothing, and ``GET /v1/monitor`` is never
-stale. The queue is bounded: when the monitors fall behind, ``submit`` blocks (back-pressure)
-rather than dropping samples. Answers carry the verdict of the batches already tested
-(:meth:`snapshot`); ``drain`` waits until every submitted batch has been seen, which
-``GET /v1/monitor`` does.
+update) and updates the suite. Waiting trades verdict freshness for far less work on the request
+path's cores and its interpreter lock: each update has a fixed cost per monitor (feature
+extraction, checks, the result; about 0.8 ms for the four default monitors on 2 busy cores), and
+while an update runs, the requests in flight share the interpreter lock with it. At 200
+requests/s of one sample, batching 100 ms instead of 25 ms cut the monitors' CPU time from about
+240 to 150 µs per sample; 500 ms instead of 100 ms pays the fixed cost 5x less often (the p99
+gain first measured for it, +14% to +6%, came mostly from the benchmark charging the updates to
+other variants; with the updates charged to their own server the guard's p99 stayed near +13%:
+see benchmarks/RESULTS.md). Drift is slow: a verdict half a second old loses nothing, and ``GET
+/v1/monitor`` is never stale. The queue is bounded: when the monitors fall behind, ``submit``
+blocks (back-pressure) rather than dropping samples. Answers carry the verdict of the batches
+already tested (:meth:`snapshot`); ``drain`` waits until every submitted batch has been seen,
+which ``GET /v1/monitor`` does.
 """
 
 from __future__ import annotations
