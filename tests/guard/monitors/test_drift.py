@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from bastion.core.errors import ConfigurationError, InputValidationError
@@ -23,9 +26,12 @@ from bastion.guard.monitors import (
 )
 from bastion.guard.monitors._stats import (
     adjust_p_values,
+    bin_index_counts,
     bin_index_proportions,
+    float32_edges,
     ks_distances,
     ks_p_values,
+    psi_bin_indices,
 )
 
 
@@ -180,6 +186,53 @@ def test_psi_running_window_counts_equal_a_fresh_count() -> None:
             assert mon.last_result.statistic == mon._test(mon._window.values()).statistic
     mon.reset()
     assert int(mon._counts.sum()) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bases=st.lists(st.floats(-2.0**100, 2.0**100, width=32), min_size=1, max_size=12),
+    fractions=st.lists(st.sampled_from([-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75]),
+                       min_size=12, max_size=12),
+)
+def test_float32_values_get_the_bins_of_their_float64_values(
+    bases: list[float], fractions: list[float]
+) -> None:
+    """Edges that fall between two float32 numbers (a quarter, half or three quarters of an
+    ulp off one), values on and either side of each: binning the float32 values against
+    :func:`float32_edges` gives the bins of binning them widened to float64 against the edges."""
+    base = np.array(sorted(bases), dtype=np.float32)
+    ulp = np.spacing(np.abs(base)).astype(np.float64)
+    edges64 = np.sort(base.astype(np.float64) + np.array(fractions[: len(base)]) * ulp)
+    values = np.concatenate([base, np.nextafter(base, np.float32(np.inf)),
+                             np.nextafter(base, np.float32(-np.inf))]).astype(np.float32)
+    edges = torch.from_numpy(np.stack([edges64, edges64]))  # two features, same edges
+    x = torch.from_numpy(np.stack([values, values[::-1].copy()], axis=1))  # (m, 2) float32
+    fast = psi_bin_indices(edges, x, float32_edges(edges))
+    assert torch.equal(fast, psi_bin_indices(edges, x.double()))
+
+
+def test_bin_counts_of_int32_and_int64_indices_agree() -> None:
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, 7, (300, 40), generator=g, dtype=torch.int32)
+    counts = bin_index_counts(idx, 7)
+    assert torch.equal(counts, bin_index_counts(idx.long(), 7))
+    for j in (0, 17, 39):  # against counting one feature by hand
+        assert counts[j].tolist() == [int((idx[:, j] == b).sum()) for b in range(7)]
+
+
+def test_psi_monitor_gives_float32_and_float64_inputs_the_same_verdicts() -> None:
+    """The monitor bins float32 traffic against float32 edges: every statistic equals the one
+    for the same values sent as float64 (which are binned against the float64 edges)."""
+    g = torch.Generator().manual_seed(8)
+    ref = torch.randn(400, 5, generator=g, dtype=torch.float64)
+    stream = (torch.randn(300, 5, generator=g) * 1.2).float()
+    cal = Calibration(window=50, n_windows=20, test_every=1)
+    mons = [PSIDrift(calibration=cal).fit(ref) for _ in range(2)]
+    for i in range(0, 300, 25):
+        a = mons[0].update(stream[i : i + 25])
+        b = mons[1].update(stream[i : i + 25].double())
+        assert a.statistic == b.statistic or (math.isnan(a.statistic) and math.isnan(b.statistic))
+    assert mons[0].last_result is not None and mons[0].last_result.evaluated
 
 
 def test_mmd_running_kernel_sums_equal_a_fresh_computation() -> None:

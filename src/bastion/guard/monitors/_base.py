@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from bastion.core.checks import all_finite
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
 from bastion.guard.monitors._window import _Window
@@ -320,7 +321,7 @@ class Monitor(abc.ABC):
 
     def _checked_features(self, x: Tensor, what: str) -> Tensor:
         feats = self._features(x)
-        if not torch.isfinite(feats).all():
+        if not all_finite(feats):
             bad = int((~torch.isfinite(feats)).any(dim=1).nonzero()[0])
             raise InputValidationError(
                 f"{self.name}: {what} has non-finite values (first at sample {bad}); validate "

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 
+from bastion.core.checks import all_finite
 from bastion.core.errors import ConfigurationError
 from bastion.guard.monitors._base import Monitor, WindowStatistic
 from bastion.guard.monitors._stats import (
@@ -30,6 +31,7 @@ from bastion.guard.monitors._stats import (
     adjust_p_values,
     bin_index_counts,
     bin_index_proportions,
+    float32_edges,
     ks_distances,
     ks_p_values,
     psi_bin_indices,
@@ -195,6 +197,7 @@ class PSIDrift(Monitor):
             raise ConfigurationError(f"n_bins must be at least 2, got {n_bins}")
         self.n_bins = n_bins
         self.edges = torch.empty(0)
+        self._edges32 = torch.empty(0)  # float32_edges(edges): float32 inputs binned as they are
         self.reference_proportions = torch.empty(0)
         self._counts = torch.zeros(0, dtype=torch.int64)
 
@@ -208,16 +211,17 @@ class PSIDrift(Monitor):
         if isinstance(flat, Tensor) and flat.ndim == 2 and flat.shape[0] >= 2:
             stats_idx, _ = self.calibration.split(flat.shape[0])
             part = flat[stats_idx.to(flat.device)]
-            if part.shape[0] and bool(torch.isfinite(part).all()):
+            if part.shape[0] and all_finite(part):
                 self.edges = psi_bins(part, self.n_bins)
+                self._edges32 = float32_edges(self.edges)
         return super().fit(reference)  # checks the reference and reports what is wrong
 
     def _features(self, x: Tensor) -> Tensor:
         flat = _flat(x)
         if (self.edges.numel() == 0 or flat.shape[1] != self.edges.shape[0]
-                or not bool(torch.isfinite(flat).all())):
+                or not all_finite(flat)):
             return flat  # not fitted, the wrong width or non-finite values: the base reports it
-        return psi_bin_indices(self.edges, flat)
+        return psi_bin_indices(self.edges, flat, self._edges32)
 
     def _fit_reference(self, features: Tensor) -> None:
         self.reference_proportions = bin_index_proportions(features, self.n_bins)
