@@ -119,7 +119,9 @@ class MonitorWorker:
         return self._queue.unfinished_tasks
 
     def _run(self) -> None:
-        lower_this_thread()  # the requests first: a verdict can wait
+        # The requests first: a verdict can wait. SCHED_IDLE, not a nice value: the bounded
+        # queue is the back-pressure that lets the monitors catch up when the CPUs are busy.
+        lower_this_thread(idle=True)
         while True:
             items = [self._queue.get()]
             if self.interval:  # let the next requests' batches join this update
