@@ -14,7 +14,7 @@ strengths:
   work that has back-pressure (the monitor worker: when it falls behind, its bounded queue
   stops the requests, which frees the CPU for it). A nice value alone did not stop a monitor
   update from slowing the requests it overlapped (on 2 vCPUs, a request that met one was slow,
-  beyond the p99 of all, 1 time in 3; under ``SCHED_IDLE``, 1 in 13 to 21: see
+  beyond the p99 of all, 1 time in 3 or 4; under ``SCHED_IDLE``, 1 in 13 to 23: see
   benchmarks/RESULTS.md).
 
 Elsewhere, or where the system refuses, nothing changes (``SCHED_IDLE`` refused: the nice

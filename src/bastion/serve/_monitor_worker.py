@@ -13,11 +13,13 @@ requests/s of one sample, batching 100 ms instead of 25 ms cut the monitors' CPU
 240 to 150 µs per sample; 500 ms instead of 100 ms pays the fixed cost 5x less often (the p99
 gain first measured for it, +14% to +6%, came mostly from the benchmark charging the updates to
 other variants; with the updates charged to their own server the guard's p99 stayed near +13%:
-see benchmarks/RESULTS.md). Drift is slow: a verdict half a second old loses nothing, and ``GET
-/v1/monitor`` is never stale. The queue is bounded: when the monitors fall behind, ``submit``
-blocks (back-pressure) rather than dropping samples. Answers carry the verdict of the batches
-already tested (:meth:`snapshot`); ``drain`` waits until every submitted batch has been seen,
-which ``GET /v1/monitor`` does.
+see benchmarks/RESULTS.md). The thread runs under ``SCHED_IDLE`` (:mod:`bastion.core.priority`):
+a request thread that wakes takes its CPU at once (at nice +10, one request in three that met
+an update was slowed past the p99). Drift is slow: a verdict half a second old loses nothing,
+and ``GET /v1/monitor`` is never stale. The queue is bounded: when the monitors fall behind,
+``submit`` blocks (back-pressure) rather than dropping samples. Answers carry the verdict of
+the batches already tested (:meth:`snapshot`); ``drain`` waits until every submitted batch has
+been seen, which ``GET /v1/monitor`` does.
 """
 
 from __future__ import annotations
