@@ -235,6 +235,20 @@ def test_psi_monitor_gives_float32_and_float64_inputs_the_same_verdicts() -> Non
     assert mons[0].last_result is not None and mons[0].last_result.evaluated
 
 
+def test_psi_float32_edges_follow_the_edges_they_came_from() -> None:
+    """The float32 edges are derived from ``edges``, never kept apart from them: edges set
+    afresh (a refit, or by hand) bin the next batch, not the first ones seen."""
+    g = torch.Generator().manual_seed(9)
+    mon = PSIDrift(calibration=Calibration(window=50, n_windows=20)).fit(
+        torch.randn(400, 4, generator=g, dtype=torch.float64))
+    x = torch.randn(30, 4, generator=g)
+    assert torch.equal(mon._features(x), psi_bin_indices(mon.edges, x.double()))
+    mon.edges = mon.edges + 0.5
+    assert torch.equal(mon._features(x), psi_bin_indices(mon.edges, x.double()))
+    mon.fit(torch.randn(400, 4, generator=g, dtype=torch.float64) * 3)
+    assert torch.equal(mon._features(x), psi_bin_indices(mon.edges, x.double()))
+
+
 def test_mmd_running_kernel_sums_equal_a_fresh_computation() -> None:
     """The streaming MMD keeps its window's kernel sums as rows enter (rows and columns of the
     window's kernel matrix rewritten); after pushes smaller and larger than the window, wrapping

@@ -197,7 +197,7 @@ class PSIDrift(Monitor):
             raise ConfigurationError(f"n_bins must be at least 2, got {n_bins}")
         self.n_bins = n_bins
         self.edges = torch.empty(0)
-        self._edges32 = torch.empty(0)  # float32_edges(edges): float32 inputs binned as they are
+        self._edges32 = (self.edges, self.edges)  # (edges, float32_edges(edges))
         self.reference_proportions = torch.empty(0)
         self._counts = torch.zeros(0, dtype=torch.int64)
 
@@ -213,7 +213,6 @@ class PSIDrift(Monitor):
             part = flat[stats_idx.to(flat.device)]
             if part.shape[0] and all_finite(part):
                 self.edges = psi_bins(part, self.n_bins)
-                self._edges32 = float32_edges(self.edges)
         return super().fit(reference)  # checks the reference and reports what is wrong
 
     def _features(self, x: Tensor) -> Tensor:
@@ -221,7 +220,11 @@ class PSIDrift(Monitor):
         if (self.edges.numel() == 0 or flat.shape[1] != self.edges.shape[0]
                 or not all_finite(flat)):
             return flat  # not fitted, the wrong width or non-finite values: the base reports it
-        return psi_bin_indices(self.edges, flat, self._edges32)
+        of, edges32 = self._edges32
+        if of is not self.edges:  # derived once per set of edges: float32 inputs binned as they are
+            edges32 = float32_edges(self.edges)
+            self._edges32 = (self.edges, edges32)
+        return psi_bin_indices(self.edges, flat, edges32)
 
     def _fit_reference(self, features: Tensor) -> None:
         self.reference_proportions = bin_index_proportions(features, self.n_bins)
