@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -170,6 +171,52 @@ def fsync_ms(directory: Path, repeats: int = 200) -> tuple[float, float]:
     return statistics.median(times), times[int(0.99 * (len(times) - 1))]
 
 
+@dataclasses.dataclass
+class Demo:
+    """The demo model, its schema and reference, an API key and the request bodies, in ``work``:
+    what every serve benchmark sets up the same way."""
+
+    work: Path
+    model: torch.nn.Module
+    schema: TensorSchema
+    reference: torch.Tensor
+    reference_logits: torch.Tensor
+    traffic: torch.Tensor
+    key: str
+    keys: Path
+    bodies: Path
+
+    @classmethod
+    def create(cls, requests: int, batch: int) -> Demo:
+        """The demo, and ``requests`` bodies of ``batch`` MNIST training samples each."""
+        data = load_mnist5k()
+        model = load_model(ModelSpec.parse("demo"))
+        with torch.no_grad():
+            ref_logits = model(data.x_test)
+        work = Path(tempfile.mkdtemp())
+        keys = work / "keys.json"
+        key = create_key(keys, "bench")
+        x = data.x_train
+        bodies = work / "bodies.jsonl"
+        bodies.write_bytes(b"\n".join(
+            ('{"inputs": ' + str(x[i * batch % 3900:][:batch].tolist()) + "}").encode()
+            for i in range(requests)))
+        return cls(work=work, model=model,
+                   schema=TensorSchema.infer(data.x_train, bounds=(0.0, 1.0)),
+                   reference=data.x_test, reference_logits=ref_logits, traffic=x, key=key,
+                   keys=keys, bodies=bodies)
+
+    def pipeline(self, *, guard: bool = True, monitors: bool = True,
+                 audit: AuditLog | None = None) -> Pipeline:
+        """The bare model (``guard=False``), or guarded: schema, output checks, the default
+        monitors (unless ``monitors=False``) and ``audit``."""
+        if not guard:
+            return Pipeline(model=self.model, schema=self.schema)
+        suite = default_monitors(self.reference, self.reference_logits) if monitors else None
+        return Pipeline(model=self.model, schema=self.schema, guard=InputGuard(self.schema),
+                        output_checker=OutputChecker(10), monitors=suite, audit=audit)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=1000, help="per variant")
@@ -193,32 +240,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}")
     torch.set_num_threads(1)
-    data = load_mnist5k()
-    model = load_model(ModelSpec.parse("demo"))
-    schema = TensorSchema.infer(data.x_train, bounds=(0.0, 1.0))
-    with torch.no_grad():
-        ref_logits = model(data.x_test)
-    x = data.x_train
-    bodies = [
-        ('{"inputs": ' + str(x[i * args.batch % 3900:][: args.batch].tolist()) + "}").encode()
-        for i in range(args.requests)
-    ]
-    work = Path(tempfile.mkdtemp())
-    keys = work / "keys.json"
-    key = create_key(keys, "bench")
-    bodies_file = work / "bodies.jsonl"
-    bodies_file.write_bytes(b"\n".join(bodies))
-
+    demo = Demo.create(args.requests, args.batch)
     logs: dict[str, TimedAuditLog] = {}
 
     def guarded(sync: str | None, monitors: bool = True) -> Callable[[], Pipeline]:
         def make() -> Pipeline:
             if sync is not None:
-                logs[sync] = TimedAuditLog(work / f"audit-{sync}.db", sync)
-            suite = default_monitors(data.x_test, ref_logits) if monitors else None
-            return Pipeline(model=model, schema=schema, guard=InputGuard(schema),
-                            output_checker=OutputChecker(10), monitors=suite,
-                            audit=None if sync is None else logs[sync])
+                logs[sync] = TimedAuditLog(demo.work / f"audit-{sync}.db", sync)
+            return demo.pipeline(monitors=monitors, audit=logs.get(sync) if sync else None)
         return make
 
     available: dict[str, tuple[str, Callable[[], Pipeline]]] = {
@@ -230,7 +259,7 @@ def main() -> None:
                  guarded("FULL")),
     }
     variants: dict[str, Callable[[], Pipeline]] = {
-        "bare model": lambda: Pipeline(model=model, schema=schema),
+        "bare model": lambda: demo.pipeline(guard=False),
     }
     for short in [v for v in available if v in chosen]:
         label, make = available[short]
@@ -244,9 +273,9 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         clients = {}
         for name, make in variants.items():
-            url = stack.enter_context(LiveServer(create_app(make(), KeyStore.load(keys),
+            url = stack.enter_context(LiveServer(create_app(make(), KeyStore.load(demo.keys),
                                                             config))).url
-            clients[name] = Client(url, key, bodies_file, args.clients)
+            clients[name] = Client(url, demo.key, demo.bodies, args.clients)
             stack.callback(clients[name].close)
         for client in clients.values():  # warm-up: connections, first allocations, monitors
             client.send(0, 20)
@@ -262,11 +291,11 @@ def main() -> None:
                 latencies[name] += got
                 round_lat[name].append(np.asarray(got))
     load_after = os.getloadavg()
-    fsync_p50, fsync_p99 = fsync_ms(work)
-    suite = default_monitors(data.x_test, ref_logits)
-    batch = x[:50]
+    fsync_p50, fsync_p99 = fsync_ms(demo.work)
+    suite = default_monitors(demo.reference, demo.reference_logits)
+    batch = demo.traffic[:50]
     with torch.no_grad():
-        logits = model(batch)
+        logits = demo.model(batch)
     for _ in range(5):
         suite.update(batch, logits)
     t = time.perf_counter()

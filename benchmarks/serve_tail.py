@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,24 +40,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bastion.core.priority import lower_this_thread  # noqa: E402
-from bastion.data import load_mnist5k  # noqa: E402
 from bastion.guard import _audit_sqlite  # noqa: E402
 from bastion.guard.audit_log import AuditLog  # noqa: E402
-from bastion.guard.outputs import OutputChecker  # noqa: E402
-from bastion.guard.policy import InputGuard  # noqa: E402
-from bastion.guard.schema import TensorSchema  # noqa: E402
 from bastion.serve import (  # noqa: E402
     KeyStore,
-    Pipeline,
     ServeConfig,
     _monitor_worker,  # noqa: E402
     create_app,
-    create_key,
 )
-from bastion.serve._stages import default_monitors  # noqa: E402
-from bastion.serve.build import ModelSpec, load_model  # noqa: E402
 from conftest import LiveServer  # noqa: E402
-from serve import _CLIENT  # noqa: E402
+from serve import _CLIENT, Demo  # noqa: E402
 
 # The benchmark's client, answering (send time, latency) pairs instead of latencies.
 _TIMED_CLIENT = _CLIENT.replace("out.append(time.perf_counter() - t)",
@@ -173,39 +164,23 @@ def main() -> None:
     torch.set_num_threads(1)
     events: Intervals = collections.defaultdict(list)
     record_background(events)
-    data = load_mnist5k()
-    model = load_model(ModelSpec.parse("demo"))
-    schema = TensorSchema.infer(data.x_train, bounds=(0.0, 1.0))
-    with torch.no_grad():
-        ref_logits = model(data.x_test)
-    work = Path(tempfile.mkdtemp())
-    key = create_key(work / "keys.json", "bench")
-    bodies = work / "bodies.jsonl"
-    x = data.x_train
-    bodies.write_bytes(b"\n".join(
-        ('{"inputs": ' + str(x[i % 3900 :][:1].tolist()) + "}").encode()
-        for i in range(args.requests)))
-    if args.variant == "bare":
-        pipeline = Pipeline(model=model, schema=schema)
-    else:
-        pipeline = Pipeline(
-            model=model, schema=schema, guard=InputGuard(schema),
-            output_checker=OutputChecker(10),
-            monitors=None if args.variant == "checks" else default_monitors(data.x_test,
-                                                                             ref_logits),
-            audit=AuditLog.open(work / "audit.db") if args.variant == "normal" else None)
+    demo = Demo.create(args.requests, 1)
+    audit = AuditLog.open(demo.work / "audit.db") if args.variant == "normal" else None
+    pipeline = demo.pipeline(guard=args.variant != "bare", monitors=args.variant != "checks",
+                             audit=audit)
     external = None
+    spans_file = demo.work / "external.txt"
     if args.external_monitors:
         external = subprocess.Popen(
-            [sys.executable, "-c", _EXTERNAL, str(work / "external.txt"), args.external_monitors],
+            [sys.executable, "-c", _EXTERNAL, str(spans_file), args.external_monitors],
             stdout=subprocess.PIPE, text=True)
         assert external.stdout is not None
         external.stdout.readline()
     config = ServeConfig(rate_per_second=1e9, burst=10**9)
     try:
-        with LiveServer(create_app(pipeline, KeyStore.load(work / "keys.json"), config)) as url:
-            client = subprocess.Popen([sys.executable, "-c", _TIMED_CLIENT, url.url, key,
-                                       str(bodies), "1"],
+        with LiveServer(create_app(pipeline, KeyStore.load(demo.keys), config)) as url:
+            client = subprocess.Popen([sys.executable, "-c", _TIMED_CLIENT, url.url, demo.key,
+                                       str(demo.bodies), "1"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert client.stdin is not None and client.stdout is not None
             client.stdin.write("0 200\n")  # warm-up
@@ -223,8 +198,7 @@ def main() -> None:
     if external is not None:
         events["monitor update (other process)"] = [
             (float(a), float(b))
-            for a, b in (line.split() for line in (work / "external.txt").read_text().split("\n")
-                         if line)]
+            for a, b in (line.split() for line in spans_file.read_text().split("\n") if line)]
     print(f"python benchmarks/serve_tail.py --variant {args.variant} --requests {args.requests}"
           + (" --worker-nice" if args.worker_nice else "")
           + (f" --external-monitors {args.external_monitors}" if external is not None else "")
