@@ -134,6 +134,17 @@ def test_urls_and_missing_driver(tmp_path: Path) -> None:
         AuditLog.open("sqlite://relative.db")
 
 
+def test_a_path_given_to_the_constructor_is_refused_at_once(tmp_path: Path) -> None:
+    for wrong in (str(tmp_path / "a.db"), tmp_path / "a.db", None):
+        with pytest.raises(ConfigurationError, match=r"AuditLog\.open"):
+            AuditLog(wrong)
+    assert not list(tmp_path.iterdir())  # nothing created
+    log = AuditLog(AuditLog.open(tmp_path / "b.db")._backend)  # a real backend is taken
+    log.append(AuditRecord.create(inputs=b"x", request_id="r1", outcome=Outcome.ANSWERED))
+    assert [r.request_id for r in log.rows()] == ["r1"]
+    log.close()
+
+
 _CHILD = """
 import sys, torch
 from bastion.guard.audit_log import AuditLog, AuditRecord

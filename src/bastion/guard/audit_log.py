@@ -224,7 +224,15 @@ class AuditLog:
     the database itself refuses UPDATE and DELETE on the table.
     """
 
+    _BACKEND_METHODS = ("append", "close", "count", "records")
+
     def __init__(self, backend: Any) -> None:
+        missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        if missing:  # e.g. a path passed where AuditLog.open takes it: refuse now, not mid-append
+            raise ConfigurationError(
+                f"AuditLog takes a storage backend, got {type(backend).__name__} (no "
+                f"{', '.join(missing)}); open a log with AuditLog.open(path_or_url)"
+            )
         self._backend = backend
 
     @classmethod
