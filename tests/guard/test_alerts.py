@@ -6,13 +6,18 @@ import json
 import logging
 import math
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bastion.core.errors import ConfigurationError
+from bastion.guard import AlertConfig, WebhookConfig
 from bastion.guard.alerts import (
     Alert,
     AlertManager,
@@ -184,7 +189,7 @@ def test_webhook_sink_gives_up_in_bounded_time_and_never_blocks_emit() -> None:
     assert sink.dropped >= 3 and sink.sent == 0 and sink.failed >= 1
     with pytest.raises(ConfigurationError, match="http"):
         WebhookSink("file:///etc/passwd")
-    assert "secret" not in repr(WebhookSink("https://user:secret@example.invalid/x?k=secret"))
+    assert "secret" not in repr(WebhookSink("https://example.invalid/x?k=secret#secret"))
 
 
 def test_prometheus_sink_exposes_gauges_and_alert_counter() -> None:
@@ -206,3 +211,189 @@ def test_prometheus_sink_exposes_gauges_and_alert_counter() -> None:
     PrometheusSink(CollectorRegistry())  # a second registry does not collide
     with pytest.raises(ConfigurationError, match="CollectorRegistry"):
         PrometheusSink(None)
+
+
+# --- hostile input: webhook URLs, numbers, headers; rules; duplicates; deep files ---------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://h:99999/x", "port must be a number from 1 to 65535, got '99999'"),
+        ("http://h:abc/", "port must be a number from 1 to 65535, got 'abc'"),
+        ("http://h:0/", "port must be a number from 1 to 65535, got '0'"),
+        ("http://h:80:81/", "port must be a number"),
+        ("http://[::1/", r"cannot be parsed \(Invalid IPv6 URL\)"),
+        ("http://[::1]x/", r"\[address\]:port"),
+        ("http://[::1%25eth0]/", "is not an IPv6 address"),
+        ("http://ex ample.com/", "whitespace or control character ' '"),
+        ("http://h/\r\nX: 1", r"whitespace or control character '\\r'"),
+        ("http://h/\x00", r"control character '\\x00'"),
+        ("http://h/\u202e", r"control character '\\u202e'"),
+        ("ftp://h/", "scheme must be http or https"),
+        ("http:///x", "host is missing"),
+        ("http://h\\evil/", "host is missing or has characters"),
+        ("https://user:secret@h/x?token=secret", "credentials in the URL are not sent"),
+        ("http://h/caf\u00e9", "path and query must be ASCII"),
+    ],
+)
+def test_webhook_url_is_checked_in_full_at_construction(url: str, problem: str) -> None:
+    for build in (lambda: WebhookSink(url), lambda: WebhookConfig(url=url),
+                  lambda: AlertConfig.from_dict({"webhooks": [{"url": url}]})):
+        with pytest.raises(ConfigurationError, match=r"webhook url must be http\(s\)") as err:
+            build()
+        assert err.match(problem) and "secret" not in str(err.value)
+
+
+@given(st.text(max_size=40) | st.builds("http://{}{}".format, st.text(max_size=20),
+                                           st.text(max_size=20)))
+def test_any_webhook_url_is_accepted_usable_or_refused_clearly(url: str) -> None:
+    assert isinstance(WebhookSink.redact(url), str)  # never raises, whatever the text
+    try:
+        WebhookSink.check(url, timeout=1.0, retries=0, backoff=0.0, max_queue=1)
+    except ConfigurationError:
+        return
+    parts = urllib.parse.urlsplit(url)  # accepted: urllib can take it apart...
+    assert parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc
+    assert parts.port is None or 1 <= parts.port <= 65535  # ...and the port reads
+    assert not any(c.isspace() or ord(c) < 32 for c in url)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        *[("timeout", v, rf"webhook timeout must be a finite number in \(0, 3600\], got {m}")
+          for v, m in [(math.nan, "nan"), (math.inf, "inf"), (0, "0"), (-1.0, "-1.0"),
+                       (1e10, "10000000000.0"), ("2", "'2'"), (True, "True")]],  # 1e10 overflows
+        ("timeout", 10**400, "webhook timeout .*got 1000"),
+        *[("backoff", v, rf"webhook backoff must be a finite number in \[0, 3600\], got {v}")
+          for v in (math.nan, -0.5, math.inf)],
+        *[("retries", v, rf"webhook retries must be an integer in \[0, 100\], got {v}")
+          for v in (-1, 10**9, 1.5, True)],
+        ("max_queue", 0, r"webhook max_queue must be an integer in \[1, 1000000\], got 0"),
+        ("max_queue", 2.0, "webhook max_queue .*got 2.0"),
+        ("max_queue", None, "webhook max_queue .*got None"),
+    ],
+)
+def test_webhook_numbers_must_be_finite_and_in_range(option: str, value: Any,
+                                                     message: str) -> None:
+    for build in (WebhookSink, lambda url, **kw: WebhookConfig(url=url, **kw)):
+        with pytest.raises(ConfigurationError, match=message):
+            build("http://127.0.0.1:9/", **{option: value})
+    sink = WebhookSink("http://127.0.0.1:9/")
+    with pytest.raises(ConfigurationError, match="close timeout must be a finite number >= 0"):
+        sink.close(timeout=math.nan)
+    sink.close(timeout=5)
+    assert not sink._thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"X-A": "secret\r\nInjected: 1"},
+         r"header 'X-A': the value must be printable ASCII, found '\\r'"),
+        ({"X-A": "secret\nInjected: 1"}, r"found '\\n'"),
+        ({"X-A": "secret\x00"}, r"found '\\x00'"),
+        ({"X-A": "secret\u00e9"}, r"found '\u00e9'"),
+        ({"Bad Name": "v"}, "header name 'Bad Name' is not a valid HTTP header name"),
+        ({"X-A\r\nY": "v"}, "is not a valid HTTP header name"),
+        ({"": "v"}, "header name '' is not a valid"),
+        ({"X-A": 1}, "header 'X-A': the value must be a string, got int"),
+        ({"Content-Length": "5"}, "'Content-Length' is set by the sender"),
+        ({"X-A": "1", "x-a": "2"}, "header 'x-a' is given twice"),
+    ],
+)
+def test_webhook_headers_refuse_injection(headers: dict[str, Any], message: str) -> None:
+    for build in (lambda: WebhookSink("http://127.0.0.1:9/", headers=headers),
+                  lambda: WebhookConfig(url="http://h/", headers=tuple(headers.items()))):
+        with pytest.raises(ConfigurationError, match=message) as err:
+            build()
+        assert "secret" not in str(err.value)  # a header value may be a token: never echoed
+
+
+def test_webhook_thread_survives_an_unexpected_error_and_sends_the_next_alert(
+    receiver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _Receiver.fail_first = 0
+    sink = WebhookSink(receiver, timeout=2.0, retries=0)
+    real_post, calls = sink._post, []
+
+    def post(body: bytes) -> bool:  # the first POST meets an error nobody planned for
+        calls.append(body)
+        if len(calls) == 1:
+            raise KeyError("unexpected")
+        return real_post(body)
+
+    sink._post = post  # type: ignore[method-assign]
+    manager = AlertManager([AlertRule(name="drift")], [sink])
+    with caplog.at_level(logging.WARNING, logger="bastion.alerts"):
+        manager.process([result("ks", alarm=True)])
+        manager.process([result("mmd", alarm=True)])
+        manager.close()
+    assert [b["monitor"] for b in _Receiver.bodies] == ["mmd"]
+    assert (sink.sent, sink.failed) == (1, 1) and len(calls) == 2
+    assert any("alert not sent: KeyError" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        *[({"condition": "statistic_above", "value": v}, f"value must be a finite number, got {m}")
+          for v, m in [(math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf"), ("3", "'3'")]],
+        *[({"cooldown_s": v}, f"cooldown_s must be a finite number >= 0, got {v}")
+          for v in (math.nan, math.inf, -1, None)],
+        ({"consecutive": "2"}, "consecutive must be an integer, got '2'"),
+        ({"consecutive": True}, "consecutive must be an integer, got True"),
+        ({"condition": "above"}, "unknown alert condition 'above'"),
+        ({"severity": "high"}, "unknown alert severity 'high'"),
+        ({"severity": 3}, "unknown alert severity 3"),
+        ({"monitors": None}, "monitors must be a tuple of names, not NoneType"),
+        ({"monitors": ("ks", "")}, "monitor names must be non-empty strings"),
+        ({"monitors": ("ks", "mmd", "ks")}, r"monitor\(s\) \['ks'\] listed more than once"),
+        ({"name": 5}, "an alert rule needs a name"),
+    ],
+)
+def test_rule_refuses_what_a_file_would_refuse(kwargs: dict[str, Any], message: str) -> None:
+    arguments = {"name": "r", **kwargs}
+    with pytest.raises(ConfigurationError, match=message):
+        AlertRule(**arguments)
+
+
+def test_rule_parses_enum_strings_like_a_file_does() -> None:
+    rule = AlertRule(name="r", condition="statistic_above", value=2, severity="Critical",
+                     monitors=["ks"])  # type: ignore[arg-type]
+    assert (rule.condition, rule.severity, rule.value, rule.monitors) == (
+        Condition.STATISTIC_ABOVE, Severity.CRITICAL, 2.0, ("ks",))
+    (alert,) = AlertManager([rule]).process([result("ks", alarm=False, statistic=3.0)])
+    assert alert.severity is Severity.CRITICAL and alert.message.startswith("[critical] r:")
+    alarm = AlertRule(name="a", condition="alarm")  # type: ignore[arg-type]
+    assert len(AlertManager([alarm]).process([result(alarm=True)])) == 1
+
+
+def test_config_refuses_duplicates_and_wrong_objects() -> None:
+    url = "https://h.example/hook?token=secret"
+    with pytest.raises(ConfigurationError,
+                       match=r"webhook urls must be unique; repeated: \['https://h.example/hook'\]"
+                       ) as err:
+        AlertConfig.from_dict({"webhooks": [{"url": url}, {"url": url, "timeout": 1}]})
+    assert "secret" not in str(err.value)
+    with pytest.raises(ConfigurationError, match=r"rules\[0\] \('r'\): monitor\(s\) \['a'\]"):
+        AlertConfig.from_dict({"rules": [{"name": "r", "monitors": ["a", "b", "a"]}]})
+    with pytest.raises(ConfigurationError, match="rules must hold AlertRule objects, got str"):
+        AlertConfig(rules=("r",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="rules must be AlertRule objects, got str"):
+        AlertManager(["r"])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match="sinks must be AlertSink objects"):
+        AlertManager([AlertRule(name="r")], ["sink"])  # type: ignore[list-item]
+    with pytest.raises(ConfigurationError, match="CollectorRegistry, got str"):
+        PrometheusSink("registry")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_deeply_nested_alerts_file_is_a_configuration_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"alerts{suffix}"
+    depth = 100_000
+    path.write_text("[" * depth + "]" * depth if suffix == ".json"
+                    else "rules = " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigurationError, match=str(path)):
+        AlertConfig.load(path)

@@ -89,6 +89,8 @@ def test_shifted_stream_raises_alerts_in_metrics_and_monitor_clean_does_not(
         ('[[rulez]]\nname = "x"\n', "unknown key(s) ['rulez']"),
         ("rules = [", "is not valid TOML"),
         ('[[webhooks]]\nurl = "file:///etc/passwd"\n', "webhook url must be http(s)"),
+        ('[[webhooks]]\nurl = "http://h:99999/x"\n', "port must be a number from 1 to 65535"),
+        ('[[webhooks]]\nurl = "http://h/"\ntimeout = nan\n', "webhook timeout must be a finite"),
     ],
 )
 def test_invalid_alerts_file_refuses_to_start(

@@ -94,14 +94,14 @@ def _rule(data: object, where: str) -> AlertRule:
     value = _get(data, "value", (int, float), where)
     condition = _get(data, "condition", (str,), where, "alarm")
     consecutive = _get(data, "consecutive", (int,), where, 1)
-    cooldown = float(_get(data, "cooldown_s", (int, float), where, 0.0))
+    cooldown = _get(data, "cooldown_s", (int, float), where, 0.0)
     severity = _get(data, "severity", (str,), where, "warning")
     try:
         return AlertRule(
             name=name,
             monitors=tuple(monitors),
             condition=Condition.parse(condition),
-            value=None if value is None else float(value),
+            value=value,
             consecutive=consecutive,
             cooldown_s=cooldown,
             severity=Severity.parse(severity),
@@ -120,6 +120,16 @@ class WebhookConfig:
     backoff: float = 0.2
     headers: tuple[tuple[str, str], ...] = ()
     max_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        # the URL, headers and numbers are checked now, so a bad file (or a bad Python
+        # config) stops the server before it starts instead of failing every POST later
+        if not isinstance(self.headers, tuple):
+            raise ConfigurationError("webhook headers must be a tuple of (name, value) pairs")
+        WebhookSink.check(self.url, timeout=self.timeout, retries=self.retries,
+                          backoff=self.backoff, max_queue=self.max_queue, headers=self.headers)
+        object.__setattr__(self, "timeout", float(self.timeout))
+        object.__setattr__(self, "backoff", float(self.backoff))
 
     def __repr__(self) -> str:  # the URL and headers may carry tokens
         return f"WebhookConfig(url={WebhookSink.redact(self.url)!r}, headers=<{len(self.headers)}>)"
@@ -141,20 +151,17 @@ def _webhook(data: object, where: str) -> WebhookConfig:
     headers = _get(data, "headers", (dict,), where, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ConfigurationError(f"{where}: 'headers' must map names to strings")
-    config = WebhookConfig(
-        url=url,
-        timeout=float(_get(data, "timeout", (int, float), where, 2.0)),
-        retries=_get(data, "retries", (int,), where, 2),
-        backoff=float(_get(data, "backoff", (int, float), where, 0.2)),
-        headers=tuple(sorted(headers.items())),
-        max_queue=_get(data, "max_queue", (int,), where, 1000),
-    )
-    try:  # checks the URL and the numbers now, so a bad file stops the server before it starts
-        WebhookSink.check(config.url, timeout=config.timeout, retries=config.retries,
-                          backoff=config.backoff, max_queue=config.max_queue)
+    try:
+        return WebhookConfig(
+            url=url,
+            timeout=_get(data, "timeout", (int, float), where, 2.0),
+            retries=_get(data, "retries", (int,), where, 2),
+            backoff=_get(data, "backoff", (int, float), where, 0.2),
+            headers=tuple(sorted(headers.items())),
+            max_queue=_get(data, "max_queue", (int,), where, 1000),
+        )
     except ConfigurationError as err:
         raise ConfigurationError(f"{where}: {err}") from None
-    return config
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,7 +171,7 @@ class AlertConfig:
     Attributes:
         rules: the rules (unique names); :func:`~bastion.guard.alerts.default_rules` by default.
         log: send alerts to the ``bastion.alerts`` logger.
-        webhooks: webhook sinks.
+        webhooks: webhook sinks, each URL once.
         source: where the settings came from, for messages (``alerts file PATH``).
     """
 
@@ -174,10 +181,18 @@ class AlertConfig:
     source: str = dataclasses.field(default="alerts", compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", _all_of(self.rules, AlertRule, "rules"))
+        object.__setattr__(self, "webhooks", _all_of(self.webhooks, WebhookConfig, "webhooks"))
+        if not isinstance(self.log, bool):
+            raise ConfigurationError(f"log must be true or false, got {self.log!r}")
         names = [r.name for r in self.rules]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigurationError(f"alert rule names must be unique; repeated: {repeated}")
+        urls = [h.url for h in self.webhooks]  # two sinks on one URL would post each alert twice
+        twice = sorted({WebhookSink.redact(u) for u in urls if urls.count(u) > 1})
+        if twice:
+            raise ConfigurationError(f"webhook urls must be unique; repeated: {twice}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "alerts") -> AlertConfig:
@@ -211,8 +226,13 @@ class AlertConfig:
                 wrong (the message names the file and the key).
         """
         file = Path(path)
-        data = read_config_file(file, "alerts")
-        return cls.from_dict(data, where=f"alerts file {file}")
+        try:  # a hostile file nested thousands deep must not escape as a RecursionError
+            data = read_config_file(file, "alerts")
+            return cls.from_dict(data, where=f"alerts file {file}")
+        except RecursionError:
+            raise ConfigurationError(
+                f"alerts file {file} is nested too deeply to read; an alerts file needs only "
+                "a few levels (tables of rules and webhooks)") from None
 
     def check_monitors(self, names: Iterable[str]) -> None:
         """Refuse rules that watch a monitor the server does not run (a typo would never fire).
@@ -251,6 +271,18 @@ class AlertConfig:
             "rules": [_rule_dict(r) for r in self.rules],
             "webhooks": [WebhookSink.redact(h.url) for h in self.webhooks],
         }
+
+
+def _all_of(items: object, kind: type, what: str) -> tuple[Any, ...]:
+    """``items`` as a tuple, refusing a lone string / object or an item of another type."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"{what} must be a tuple of {kind.__name__}, got {items!r}")
+    values = tuple(items)
+    bad = next((v for v in values if not isinstance(v, kind)), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"{what} must hold {kind.__name__} objects, got {type(bad).__name__}")
+    return values
 
 
 def _rule_dict(rule: AlertRule) -> dict[str, Any]:

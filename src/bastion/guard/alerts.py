@@ -40,7 +40,12 @@ from typing import Any
 from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result
-from bastion.guard._alert_sinks import AlertSink, PrometheusSink, WebhookSink
+from bastion.guard._alert_sinks import (
+    AlertSink,
+    PrometheusSink,
+    WebhookSink,
+    check_real,
+)
 from bastion.guard.monitors import MonitorResult
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("bastion.alerts")
+_SINK_METHODS = ("emit", "observe", "resolve", "close")
 
 
 class Condition(enum.Enum):
@@ -94,13 +100,17 @@ class AlertRule:
 
     Attributes:
         name: the rule's name (appears in every alert and metric).
-        monitors: monitor names watched; empty means every monitor. Each monitor is tracked
-            separately.
-        condition: what counts as a hit.
-        value: the statistic threshold for :attr:`Condition.STATISTIC_ABOVE`.
+        monitors: monitor names watched (each once); empty means every monitor. Each monitor is
+            tracked separately.
+        condition: what counts as a hit (a :class:`Condition` or its name, e.g. ``"alarm"``).
+        value: the statistic threshold for :attr:`Condition.STATISTIC_ABOVE` (finite).
         consecutive: hits needed in a row (on tested windows) before the rule fires.
-        cooldown_s: seconds after firing during which the rule stays quiet for that monitor.
-        severity: carried by the alert.
+        cooldown_s: seconds after firing during which the rule stays quiet for that monitor
+            (finite, >= 0).
+        severity: carried by the alert (a :class:`Severity` or its name).
+
+    Raises:
+        ConfigurationError: any field is invalid; the same checks as an alerts file gets.
     """
 
     name: str
@@ -112,18 +122,24 @@ class AlertRule:
     severity: Severity = Severity.WARNING
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigurationError("an alert rule needs a name")
-        if isinstance(self.monitors, str):
-            raise ConfigurationError("monitors must be a tuple of names, not one string")
+        # Python callers get the checks a file gets: strings become enums, numbers are finite.
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError(f"an alert rule needs a name (a string), got {self.name!r}")
+        set_ = object.__setattr__  # the dataclass is frozen
+        set_(self, "monitors", _monitor_names(self.monitors))
+        set_(self, "condition", Condition.parse(self.condition))
+        set_(self, "severity", Severity.parse(self.severity))
+        if not isinstance(self.consecutive, int) or isinstance(self.consecutive, bool):
+            raise ConfigurationError(f"consecutive must be an integer, got {self.consecutive!r}")
         if self.consecutive < 1:
             raise ConfigurationError(f"consecutive must be at least 1, got {self.consecutive}")
-        if self.cooldown_s < 0:
-            raise ConfigurationError(f"cooldown_s must be >= 0, got {self.cooldown_s}")
+        set_(self, "cooldown_s", check_real(self.cooldown_s, "cooldown_s", low=0.0))
         if (self.condition is Condition.STATISTIC_ABOVE) != (self.value is not None):
             raise ConfigurationError(
                 "value is required with Condition.STATISTIC_ABOVE and meaningless otherwise"
             )
+        if self.value is not None:
+            set_(self, "value", check_real(self.value, "value", low=-math.inf))
 
     def watches(self, monitor: str) -> bool:
         return not self.monitors or monitor in self.monitors
@@ -183,6 +199,18 @@ class AlertManager:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        rules, sinks = tuple(rules), tuple(sinks)
+        # caught here, not as an AttributeError on the request path
+        bad_rule = next((r for r in rules if not isinstance(r, AlertRule)), None)
+        if bad_rule is not None:
+            raise ConfigurationError(
+                f"rules must be AlertRule objects, got {type(bad_rule).__name__}")
+        bad_sink = next((s for s in sinks if not all(
+            callable(getattr(s, m, None)) for m in _SINK_METHODS)), None)
+        if bad_sink is not None:
+            raise ConfigurationError(
+                f"sinks must be AlertSink objects ({', '.join(_SINK_METHODS)}), "
+                f"got {type(bad_sink).__name__}")
         names = [r.name for r in rules]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"alert rule names must be unique, got {names}")
@@ -282,6 +310,22 @@ def default_rules() -> tuple[AlertRule, ...]:
             severity=Severity.WARNING,
         ),
     )
+
+
+def _monitor_names(monitors: object) -> tuple[str, ...]:
+    """``monitors`` as a tuple of distinct non-empty names (any iterable but a lone string)."""
+    if isinstance(monitors, str) or not isinstance(monitors, Iterable):
+        raise ConfigurationError(
+            f"monitors must be a tuple of names, not {type(monitors).__name__} "
+            "(use () for every monitor)")
+    names = tuple(monitors)
+    bad = [m for m in names if not (isinstance(m, str) and m)]
+    if bad:
+        raise ConfigurationError(f"monitor names must be non-empty strings, got {bad!r}")
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ConfigurationError(f"monitor(s) {repeated} listed more than once")
+    return names
 
 
 def _make_alert(rule: AlertRule, res: MonitorResult, streak: int) -> Alert:
