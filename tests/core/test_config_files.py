@@ -29,6 +29,10 @@ def test_reads_toml_and_json_by_suffix(tmp_path: Path) -> None:
         ("bad.json", b"{", "schema file .*bad.json is not valid JSON"),
         ("latin.toml", b'a = "\xe9"', "schema file .*latin.toml cannot be read"),
         ("dir.json", "dir", "schema file .*dir.json cannot be read"),
+        ("deep.json", b"[" * 100_000, "schema file .*deep.json is not valid JSON: nested too"),
+        ("deep.toml", b"a = " + b"[" * 100_000, "schema file .*deep.toml is not valid TOML"),
+        ("huge.json", b'{"min": 1' + b"0" * 5000 + b"}", "schema file .*huge.json is not valid"),
+        ("huge.toml", b"min = 1" + b"0" * 5000, "schema file .*huge.toml is not valid TOML"),
     ],
 )
 def test_every_failure_names_the_file(

@@ -50,6 +50,8 @@ def read_config_file(path: str | Path, what: str, *, json_allowed: bool = True) 
     as_json = json_allowed and suffix == ".json"
     try:
         return json.loads(text) if as_json else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # decode errors are ValueErrors; so is an
+        # integer past Python's digit limit; nesting past the recursion limit is its own error
         kind = "JSON" if as_json else "TOML"
-        raise ConfigurationError(f"{what} file {file} is not valid {kind}: {err}") from None
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ConfigurationError(f"{what} file {file} is not valid {kind}: {reason}") from None
