@@ -11,8 +11,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
+from bastion.core.errors import ConfigurationError
 from bastion.guard.monitors import (
     Calibration,
     ClassDrift,
@@ -197,3 +200,58 @@ def test_small_reference_alarms_at_the_target_on_fresh_windows() -> None:
             windows += 50
     # 48 references: the rate's spread between references (sd ~0.05) dominates, se ~0.0075
     assert 0.03 <= alarms / windows <= 0.07, f"{alarms} alarms in {windows} fresh clean windows"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window": "20"}, "window must be an integer >= 2, got '20'"),
+        ({"window": 2.5}, "window must be an integer >= 2, got 2.5"),
+        ({"window": True}, "window must be an integer >= 2, got True"),
+        ({"false_alarm_rate": "0.05"}, r"false_alarm_rate must be a number in \(0, 1\)"),
+        ({"false_alarm_rate": math.inf}, r"false_alarm_rate must be a number in \(0, 1\)"),
+        ({"false_alarm_rate": 10**400}, r"false_alarm_rate must be a number in \(0, 1\)"),
+        ({"n_windows": 40.5}, r"n_windows must be an integer in 1\.\.1000000, got 40\.5"),
+        ({"n_windows": 10**400}, r"n_windows must be an integer in 1\.\.1000000"),
+        ({"n_windows": 10}, "too few to estimate a 0.05 quantile"),
+        ({"seed": "a"}, "seed must be an integer"),
+        ({"seed": 2**64 - 1}, "seed must be an integer"),  # calibration seeds seed + 1
+        ({"test_every": 2.5}, "test_every must be an integer >= 1, got 2.5"),
+        ({"test_every": 0}, "test_every must be an integer >= 1, got 0"),
+        ({"reference_fraction": math.nan}, r"reference_fraction must be a number in \(0, 1\)"),
+        ({"reference_fraction": False}, r"reference_fraction must be a number in \(0, 1\)"),
+    ],
+)
+def test_calibration_arguments_are_checked_at_construction(
+    kwargs: dict[str, object], match: str
+) -> None:
+    """Each of these used to be a TypeError at construction, a TypeError or RuntimeError at
+    fit, or (test_every=2.5) accepted."""
+    with pytest.raises(ConfigurationError, match=match):
+        Calibration(**kwargs)  # type: ignore[arg-type]
+
+
+_ANY = st.one_of(
+    st.integers(-3, 400), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(0.0, 1.0), st.text(max_size=4), st.none(), st.booleans(),
+)
+_FIELDS = ("window", "false_alarm_rate", "n_windows", "reference_fraction", "seed", "test_every")
+
+
+@settings(max_examples=300, deadline=None)
+@given(kwargs=st.fixed_dictionaries({}, optional=dict.fromkeys(_FIELDS, _ANY)))
+def test_calibration_is_valid_or_a_configuration_error(kwargs: dict[str, object]) -> None:
+    """Whatever the arguments, a Calibration whose fields all work, or ConfigurationError."""
+    try:
+        cal = Calibration(**kwargs)  # type: ignore[arg-type]
+    except ConfigurationError:
+        return
+    assert type(cal.window) is int and cal.window >= 2
+    assert type(cal.false_alarm_rate) is float and 0.0 < cal.false_alarm_rate < 1.0
+    assert type(cal.n_windows) is int and cal.n_windows * cal.false_alarm_rate >= 1.0
+    assert cal.reference_fraction is None or 0.0 < cal.reference_fraction < 1.0
+    assert type(cal.stride) is int and cal.stride >= 1
+    torch.Generator().manual_seed(cal.seed + 1)  # what the calibration draws seed
+    if cal.window < 1000:
+        stats_idx, held = cal.split(2 * cal.window)
+        assert stats_idx.numel() + held.numel() == 2 * cal.window

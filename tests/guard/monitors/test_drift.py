@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -285,3 +286,57 @@ def test_psi_calibration_shortcut_equals_the_base_draws(fraction: float | None) 
     fast = mon._null_statistics(feats, n_stats)
     generic = Monitor._null_statistics(mon, feats, n_stats)
     assert torch.equal(fast, generic)
+
+
+@pytest.mark.parametrize(
+    ("name", "member"),
+    [("bonferroni", Correction.BONFERRONI), ("BH", Correction.BENJAMINI_HOCHBERG),
+     ("benjamini-hochberg", Correction.BENJAMINI_HOCHBERG), ("none", Correction.NONE)],
+)
+def test_a_correction_by_name_is_the_correction(name: str, member: Correction) -> None:
+    """The name is parsed at construction: same member, same threshold, same verdicts (a
+    string used to fall through to Benjamini-Hochberg, then fail on ``.value``)."""
+    g = torch.Generator().manual_seed(11)
+    ref, x = torch.randn(300, 20, generator=g), torch.randn(30, 20, generator=g) + 0.3
+    cal = Calibration(window=30, n_windows=20)
+    by_name, by_member = (KSDrift(correction=c, calibration=cal).fit(ref) for c in (name, member))
+    assert by_name.correction is member
+    assert by_name.threshold == by_member.threshold
+    assert by_name.update(x).to_dict() == by_member.update(x).to_dict()
+    assert ks_drift(ref, x, correction=name) == ks_drift(ref, x, correction=member)
+
+
+@pytest.mark.parametrize("bad", ["holm", "", None, 5, Correction])
+def test_an_unknown_correction_is_refused_naming_the_choices(bad: object) -> None:
+    for make in (lambda: KSDrift(correction=bad),  # type: ignore[arg-type]
+                 lambda: ks_drift(torch.zeros(5, 1), torch.zeros(5, 1), correction=bad),  # type: ignore[arg-type]
+                 lambda: Correction.from_str(bad)):  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="use one of none, bonferroni, bh"):
+            make()
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: KSDrift(max_reference=1), "max_reference must be an integer >= 2, got 1"),
+        (lambda: KSDrift(max_reference=2.5), "max_reference must be an integer >= 2, got 2.5"),
+        (lambda: KSDrift(max_reference=True), "max_reference must be an integer >= 2, got True"),
+        (lambda: KSDrift(max_reference="500"), "max_reference must be an integer"),
+        (lambda: PSIDrift(n_bins=1), r"n_bins must be an integer in 2\.\.1000, got 1"),
+        (lambda: PSIDrift(n_bins=2.5), r"n_bins must be an integer in 2\.\.1000, got 2\.5"),
+        (lambda: PSIDrift(n_bins=10**6), r"n_bins must be an integer in 2\.\.1000"),
+        (lambda: PSIDrift(n_bins=None), "n_bins must be an integer"),
+        (lambda: psi(torch.zeros(5, 1), torch.zeros(5, 1), n_bins=0), "n_bins must be"),
+    ],
+)
+def test_drift_monitor_numbers_are_checked_at_construction(
+    make: Callable[[], object], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        make()
+
+
+def test_numpy_integers_are_accepted_as_the_integers_they_are() -> None:
+    mon = PSIDrift(n_bins=np.int64(7), calibration=Calibration(window=np.int32(30), n_windows=20))
+    assert type(mon.n_bins) is int and type(mon.calibration.window) is int
+    assert mon.n_bins == 7 and mon.calibration.window == 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -110,3 +111,100 @@ def test_suite_routes_inputs_and_outputs_and_reports_state() -> None:
         MonitorSuite([KSDrift(), KSDrift()])
     suite.reset()
     assert suite.state()["monitors"]["input_ks"]["last"] is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "space"),
+    [("confidence", "logits"), ("ENTROPY", "probabilities"), ("entropy", "Logits")],
+)
+def test_confidence_drift_options_by_name_are_the_options(kind: str, space: str) -> None:
+    """Names are parsed at construction: same quantity, same reference and verdicts as the
+    members (``space="logits"`` used to be read as probabilities, reference mean 0.89 vs
+    0.61, and ``kind="confidence"`` to fit the entropy)."""
+    g = torch.Generator().manual_seed(4)
+    out = torch.randn(400, 3, generator=g)
+    if space.lower() == "probabilities":
+        out = torch.softmax(out, dim=1)
+    x = out[:50] * 0.5
+    members = (Uncertainty(kind.lower()), OutputSpace(space.lower()))
+    by_name = ConfidenceDrift(kind=kind, space=space, calibration=CAL).fit(out)
+    by_member = ConfidenceDrift(kind=members[0], space=members[1], calibration=CAL).fit(out)
+    assert (by_name.kind, by_name.space) == members
+    assert by_name.reference_mean == by_member.reference_mean
+    assert by_name.threshold == by_member.threshold
+    assert by_name.update(x).to_dict() == by_member.update(x).to_dict()
+    assert torch.equal(uncertainty(out, kind, space), uncertainty(out, *members))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ConfidenceDrift(kind="margin"),
+         "unknown uncertainty kind 'margin': use one of confidence, entropy"),
+        (lambda: ConfidenceDrift(space="softmax"),
+         "unknown output space 'softmax': use one of logits, probabilities"),
+        (lambda: ConfidenceDrift(space=None), "unknown output space None"),
+        (lambda: uncertainty(torch.zeros(1, 2), "variance"), "unknown uncertainty kind"),
+        (lambda: ConfidenceDrift(max_reference=0), "max_reference must be an integer >= 2, got 0"),
+        (lambda: ConfidenceDrift(max_reference=-1), "max_reference must be an integer >= 2"),
+        (lambda: ConfidenceDrift(max_reference=True), "max_reference must be an integer"),
+        (lambda: ClassDrift(num_classes=1), r"num_classes must be an integer in 2\.\.1048576"),
+        (lambda: ClassDrift(num_classes="3"), "num_classes must be an integer .* got '3'"),
+        (lambda: ClassDrift(num_classes=2.5), "num_classes must be an integer .* got 2.5"),
+        (lambda: ClassDrift(num_classes=10**12), "num_classes must be an integer in 2"),
+        (lambda: class_drift(torch.zeros(5), torch.zeros(5), num_classes=0), "num_classes"),
+        (lambda: DetectorMonitor(None), "score_fn must be a callable .* got NoneType"),
+        (lambda: DetectorMonitor(lambda x: x, false_positive_rate="0.1"),
+         r"false_positive_rate must be a number in \(0, 1\), got '0.1'"),
+        (lambda: DetectorMonitor(lambda x: x, false_positive_rate=math.nan),
+         "false_positive_rate must be a number"),
+        (lambda: MonitorSuite(["a"]), "item 0 is a str, not a monitor"),
+        (lambda: MonitorSuite([KSDrift(), None]), "item 1 is a NoneType, not a monitor"),
+        (lambda: MonitorSuite(KSDrift()), "takes a list of monitors, got KSDrift"),
+        (lambda: MonitorSuite("ks"), "takes a list of monitors, got str"),
+    ],
+)
+def test_prediction_monitor_arguments_are_checked_at_construction(
+    make: Callable[[], object], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        make()
+
+
+def test_a_suite_of_a_generator_keeps_its_monitors() -> None:
+    suite = MonitorSuite(m for m in [KSDrift(), ClassDrift()])  # read once, not twice
+    assert [m.name for m in suite.monitors] == ["input_ks", "prediction_classes"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "num_classes", "match"),
+    [
+        (torch.randint(-3, 0, (400,)), None, "labels must be >= 0, got -3"),
+        (torch.full((400,), 10**12), None, r"label 1000000000000 is outside 0\.\.1048575"),
+        (torch.arange(400) % 5, 4, r"label 4 is outside 0\.\.3 \(num_classes=4\)"),
+        (torch.zeros(400, dtype=torch.long), None, "has 1 class"),
+        (torch.randn(400, 1), None, "has 1 class"),
+        (torch.randn(400, 3), 4, "have 3 columns, num_classes is 4"),
+        (torch.full((400, 3), math.nan), None, "non-finite values"),
+    ],
+)
+def test_class_drift_refuses_a_reference_it_cannot_count(
+    reference: torch.Tensor, num_classes: int | None, match: str
+) -> None:
+    """Negative labels (bincount's RuntimeError), a label of 10**12 (an 8 TB allocation),
+    a single class (silently num_classes=1), NaN logits: refused before anything is counted."""
+    mon = ClassDrift(num_classes=num_classes, calibration=CAL)
+    with pytest.raises(InputValidationError, match=match):
+        mon.fit(reference)
+    assert mon.num_classes == num_classes and not mon.fitted
+
+
+def test_class_drift_refit_infers_the_class_count_again_unless_declared() -> None:
+    g = torch.Generator().manual_seed(6)
+    mon = ClassDrift(calibration=CAL).fit(torch.randn(400, 3, generator=g))
+    assert mon.fit(torch.randn(400, 5, generator=g)).num_classes == 5
+    assert mon.fit(torch.arange(400) % 4).num_classes == 4
+    declared = ClassDrift(num_classes=6, calibration=CAL).fit(torch.arange(400) % 4)
+    assert declared.num_classes == 6  # classes 4 and 5 are rare, not impossible
+    with pytest.raises(InputValidationError, match="have 3 columns, the reference had 6"):
+        declared.update(torch.randn(50, 3))

@@ -29,6 +29,7 @@ from torch import Tensor
 from bastion.core.checks import all_finite
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
+from bastion.guard.monitors._checks import check_reference, check_windows
 from bastion.guard.monitors._window import _Window
 from bastion.guard.monitors.calibration import Calibration
 
@@ -110,6 +111,15 @@ class Monitor(abc.ABC):
     default_name = "monitor"
 
     def __init__(self, *, name: str | None = None, calibration: Calibration | None = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise ConfigurationError(
+                f"name must be a string or None, got {name!r} ({type(name).__name__})"
+            )
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise ConfigurationError(
+                "calibration must be a Calibration (e.g. Calibration(window=200)) or None, got "
+                f"{type(calibration).__name__}"
+            )
         self.name = name or self.default_name
         self.calibration = calibration or Calibration()
         self._alarm_threshold = math.nan
@@ -137,6 +147,7 @@ class Monitor(abc.ABC):
     # updates them as rows enter and leave, and tests the window from them
     _tracks_window = False
     _needs_leaving = False  # pass the rows a push overwrites (a copy) to _window_changed
+    _min_window = 1  # fewest samples the test is defined on (the unbiased MMD needs 2)
 
     def _window_changed(  # noqa: B027 - optional hook, nothing to do by default
         self, entering: Tensor, leaving: Tensor | None, slots: Tensor
@@ -166,11 +177,16 @@ class Monitor(abc.ABC):
     def fit(self: M, reference: Tensor) -> M:
         """Fit reference statistics and calibrate the threshold; returns ``self``.
 
+        A refit replaces the reference: it may have another number of features (later batches
+        must then match the new one); a refused refit leaves the monitor as it was.
+
         Raises:
-            InputValidationError: the reference is not a finite batch large enough to split.
+            InputValidationError: the reference is not a finite batch with at least one feature,
+                large enough to split.
         """
         cal = self.calibration
-        feats = self._checked_features(_as_batch(reference, "reference"), "reference")
+        reference = check_reference(reference, self.name)
+        feats = self._checked_features(reference, "reference", any_width=True)
         n = feats.shape[0]
         stats_idx, held_idx = cal.split(n)
         n_stats = stats_idx.numel()
@@ -201,6 +217,11 @@ class Monitor(abc.ABC):
         """The test statistic of ``x`` as one window (0-d tensor; higher = more suspicious)."""
         self._require_fit()
         feats = self._checked_features(_as_batch(x, "x"), "x")
+        if feats.shape[0] < self._min_window:
+            raise InputValidationError(
+                f"{self.name}: x has only {feats.shape[0]} sample(s); a window of this test "
+                f"needs at least {self._min_window}"
+            )
         return torch.tensor(self._test(feats).statistic, dtype=torch.float64)
 
     def score_windows(self, x: Tensor, windows: Sequence[Tensor]) -> Tensor:
@@ -212,9 +233,15 @@ class Monitor(abc.ABC):
 
         Returns:
             ``(len(windows),)`` float64 statistics.
+
+        Raises:
+            InputValidationError: a window is not a 1-D integer index tensor of at least the
+                test's minimum size (one sample, two for MMD) with every index in
+                ``0..len(x) - 1``.
         """
         self._require_fit()
         feats = self._checked_features(_as_batch(x, "x"), "x")
+        check_windows(windows, feats.shape[0], self._min_window, self.name)
         return self._window_statistics(feats, windows)
 
     def _null_statistics(self, feats: Tensor, n_stats: int) -> Tensor:
@@ -234,7 +261,7 @@ class Monitor(abc.ABC):
 
     def _window_statistics(self, feats: Tensor, windows: Sequence[Tensor]) -> Tensor:
         return torch.tensor(
-            [self._test(feats[idx.to(feats.device)]).statistic for idx in windows],
+            [self._test(feats[idx.to(feats.device, torch.long)]).statistic for idx in windows],
             dtype=torch.float64,
         )
 
@@ -319,7 +346,9 @@ class Monitor(abc.ABC):
         if self._window is None:
             raise ConfigurationError(f"{self.name}: call fit(reference) before score or update")
 
-    def _checked_features(self, x: Tensor, what: str) -> Tensor:
+    def _checked_features(self, x: Tensor, what: str, *, any_width: bool = False) -> Tensor:
+        """``_features(x)``, refused when not finite or (unless ``any_width``: a reference
+        being fitted) not as wide as the reference's."""
         feats = self._features(x)
         if not all_finite(feats):
             bad = int((~torch.isfinite(feats)).any(dim=1).nonzero()[0])
@@ -328,7 +357,7 @@ class Monitor(abc.ABC):
                 "inputs before monitoring them",
                 sample_index=bad,
             )
-        if self._window is not None and feats.shape[1] != self._width:
+        if not any_width and self._window is not None and feats.shape[1] != self._width:
             raise InputValidationError(
                 f"{self.name}: {what} has {feats.shape[1]} features per sample, the reference "
                 f"had {self._width}"

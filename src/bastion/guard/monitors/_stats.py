@@ -16,6 +16,8 @@ import torch
 from scipy import special
 from torch import Tensor
 
+from bastion.core.enums import parse_enum
+
 __all__ = [
     "Correction",
     "adjust_p_values",
@@ -45,13 +47,14 @@ class Correction(enum.Enum):
     BENJAMINI_HOCHBERG = "bh"  # controls the false discovery rate; less conservative
 
     @classmethod
-    def from_str(cls, value: str) -> Correction:
-        """Parse ``"none"``, ``"bonferroni"`` or ``"bh"``."""
-        try:
-            return cls(value.lower())
-        except ValueError:
-            names = ", ".join(repr(c.value) for c in cls)
-            raise ValueError(f"unknown correction {value!r}; expected one of {names}") from None
+    def from_str(cls, value: Correction | str) -> Correction:
+        """Parse ``"none"``, ``"bonferroni"`` or ``"bh"`` (``"benjamini-hochberg"`` too).
+
+        Raises:
+            ConfigurationError: an unknown name, or a value that is neither a name nor a member.
+        """
+        aliases = {"benjamini-hochberg": cls.BENJAMINI_HOCHBERG}
+        return parse_enum(cls, value, "correction", aliases=aliases)
 
 
 def ks_distances(reference_sorted: Tensor, window: Tensor) -> Tensor:

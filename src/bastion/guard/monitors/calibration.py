@@ -22,8 +22,11 @@ import torch
 from torch import Tensor
 
 from bastion.core.errors import ConfigurationError
+from bastion.guard.monitors._checks import SEED_RANGE, check_fraction, check_int
 
 __all__ = ["Calibration"]
+
+_MAX_WINDOWS = 1_000_000  # calibration draws: each is one test, so more would take hours
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,23 +64,26 @@ class Calibration:
         return max(1, self.window // 10) if self.test_every is None else self.test_every
 
     def __post_init__(self) -> None:
-        if self.window < 2:
-            raise ConfigurationError(f"window must be at least 2, got {self.window}")
-        if not 0.0 < self.false_alarm_rate < 1.0:
-            raise ConfigurationError(
-                f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}"
-            )
+        """Refuse what would fail or mislead later (at fit or on the first update).
+
+        Integers must be integers (a bool is not one), rates and fractions finite numbers in
+        ``(0, 1)``; numpy scalars are kept as the builtin numbers they stand for.
+        """
+        put = object.__setattr__  # frozen: normalise the fields once, here
+        put(self, "window", check_int(self.window, "window", low=2))
+        put(self, "false_alarm_rate", check_fraction(self.false_alarm_rate, "false_alarm_rate"))
+        put(self, "n_windows", check_int(self.n_windows, "n_windows", low=1, high=_MAX_WINDOWS))
         if self.n_windows * self.false_alarm_rate < 1.0:
             raise ConfigurationError(
                 f"n_windows={self.n_windows} is too few to estimate a {self.false_alarm_rate} "
                 f"quantile; use at least {math.ceil(1 / self.false_alarm_rate)}"
             )
-        if self.test_every is not None and self.test_every < 1:
-            raise ConfigurationError(f"test_every must be at least 1, got {self.test_every}")
-        if self.reference_fraction is not None and not 0.0 < self.reference_fraction < 1.0:
-            raise ConfigurationError(
-                f"reference_fraction must be in (0, 1), got {self.reference_fraction}"
-            )
+        if self.reference_fraction is not None:
+            put(self, "reference_fraction",
+                check_fraction(self.reference_fraction, "reference_fraction"))
+        put(self, "seed", check_int(self.seed, "seed", low=SEED_RANGE[0], high=SEED_RANGE[1]))
+        if self.test_every is not None:
+            put(self, "test_every", check_int(self.test_every, "test_every", low=1))
 
     def split(self, n: int) -> tuple[Tensor, Tensor]:
         """Indices of the reference part used for statistics and of the held-out part.

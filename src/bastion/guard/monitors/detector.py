@@ -27,6 +27,7 @@ from torch import Tensor
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard.monitors._base import Monitor, WindowStatistic, _as_batch
+from bastion.guard.monitors._checks import check_fraction
 from bastion.guard.monitors.calibration import Calibration
 
 __all__ = ["DetectorMonitor", "exceedance_test"]
@@ -58,6 +59,10 @@ class DetectorMonitor(Monitor):
 
     ``threshold`` is the per-sample score threshold (the detector contract); the window alarm
     threshold, on the flagged share, is ``window_threshold``.
+
+    Raises:
+        ConfigurationError: ``score_fn`` is not callable or ``false_positive_rate`` is not a
+            number in (0, 1).
     """
 
     default_name = "detector"
@@ -71,12 +76,13 @@ class DetectorMonitor(Monitor):
         calibration: Calibration | None = None,
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        if not 0.0 < false_positive_rate < 1.0:
+        if not callable(score_fn):
             raise ConfigurationError(
-                f"false_positive_rate must be in (0, 1), got {false_positive_rate}"
+                "score_fn must be a callable mapping a (B, ...) batch to (B,) scores, got "
+                f"{type(score_fn).__name__}"
             )
         self.score_fn = score_fn
-        self.false_positive_rate = false_positive_rate
+        self.false_positive_rate = check_fraction(false_positive_rate, "false_positive_rate")
         self.sample_threshold = math.nan
 
     @property

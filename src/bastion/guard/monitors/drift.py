@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from bastion.core.checks import all_finite
-from bastion.core.errors import ConfigurationError
 from bastion.guard.monitors._base import Monitor, WindowStatistic
+from bastion.guard.monitors._checks import check_int, check_reference
 from bastion.guard.monitors._stats import (
     Correction,
     adjust_p_values,
@@ -44,6 +44,7 @@ from bastion.guard.monitors.calibration import Calibration
 __all__ = ["Correction", "KSDrift", "PSIDrift", "ks_drift", "psi"]
 
 _P_FLOOR = 1e-300
+_MAX_BINS = 1000  # PSI bins per feature; a window of hundreds of samples cannot fill more
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -76,7 +77,7 @@ def ks_drift(
     reference: Tensor,
     x: Tensor,
     *,
-    correction: Correction = Correction.BENJAMINI_HOCHBERG,
+    correction: Correction | str = Correction.BENJAMINI_HOCHBERG,
     alpha: float = 0.05,
 ) -> WindowStatistic:
     """Per-feature two-sample KS tests of ``x`` against ``reference``, corrected for multiplicity.
@@ -84,7 +85,8 @@ def ks_drift(
     Args:
         reference: ``(n, ...)`` reference batch; features are the flattened trailing dims.
         x: ``(m, ...)`` sample to test.
-        correction: how the per-feature p-values are adjusted.
+        correction: how the per-feature p-values are adjusted (a :class:`Correction` or its
+            name).
         alpha: level used only to count drifted features in ``detail``.
 
     Returns:
@@ -97,8 +99,9 @@ def ks_drift(
         >>> ks_drift(ref, x).p_value < 1e-10
         True
     """
+    method = Correction.from_str(correction)
     ref_sorted = torch.sort(_flat(reference).t().contiguous(), dim=1).values
-    return _ks_test(ref_sorted, _flat(x), correction, alpha)
+    return _ks_test(ref_sorted, _flat(x), method, alpha)
 
 
 class KSDrift(Monitor):
@@ -109,10 +112,15 @@ class KSDrift(Monitor):
     threshold calibrated on reference windows, the clean alarm rate is ``false_alarm_rate``.
 
     Args:
-        correction: multiple-testing correction (Benjamini–Hochberg by default).
-        max_reference: at most this many reference samples are kept (memory and cost bound).
+        correction: multiple-testing correction (Benjamini–Hochberg by default), or its name.
+        max_reference: at most this many reference samples are kept (memory and cost bound),
+            at least 2.
         name: the monitor's name.
         calibration: window size and false-alarm rate.
+
+    Raises:
+        ConfigurationError: an unknown correction or a ``max_reference`` that is not an integer
+            >= 2.
     """
 
     default_name = "input_ks"
@@ -120,16 +128,14 @@ class KSDrift(Monitor):
     def __init__(
         self,
         *,
-        correction: Correction = Correction.BENJAMINI_HOCHBERG,
+        correction: Correction | str = Correction.BENJAMINI_HOCHBERG,
         max_reference: int = 5000,
         name: str | None = None,
         calibration: Calibration | None = None,
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        if max_reference < 2:
-            raise ConfigurationError(f"max_reference must be at least 2, got {max_reference}")
-        self.correction = correction
-        self.max_reference = max_reference
+        self.correction = Correction.from_str(correction)
+        self.max_reference = check_int(max_reference, "max_reference", low=2)
         self._ref_sorted = torch.empty(0)
 
     @property
@@ -166,6 +172,7 @@ def psi(reference: Tensor, x: Tensor, *, n_bins: int = 10) -> Tensor:
         >>> psi(ref, ref[:1000]).max() < 0.05, psi(ref, ref + 1).min() > 0.25
         (tensor(True), tensor(True))
     """
+    n_bins = check_int(n_bins, "n_bins", low=2, high=_MAX_BINS)
     ref = _flat(reference)
     values, _ = psi_values(psi_bins(ref, n_bins), None, ref, _flat(x))
     return values
@@ -182,9 +189,12 @@ class PSIDrift(Monitor):
     about 0.7 -> 0.1 ms); tests of other windows (calibration, ``score``) count as before.
 
     Args:
-        n_bins: quantile bins per feature.
+        n_bins: quantile bins per feature, 2 to 1000.
         name: the monitor's name.
         calibration: window size and false-alarm rate.
+
+    Raises:
+        ConfigurationError: ``n_bins`` is not an integer in 2..1000.
     """
 
     default_name = "input_psi"
@@ -193,9 +203,7 @@ class PSIDrift(Monitor):
         self, *, n_bins: int = 10, name: str | None = None, calibration: Calibration | None = None
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        if n_bins < 2:
-            raise ConfigurationError(f"n_bins must be at least 2, got {n_bins}")
-        self.n_bins = n_bins
+        self.n_bins = check_int(n_bins, "n_bins", low=2, high=_MAX_BINS)
         self.edges = torch.empty(0)
         self._edges32 = (self.edges, self.edges)  # (edges, float32_edges(edges))
         self.reference_proportions = torch.empty(0)
@@ -205,15 +213,22 @@ class PSIDrift(Monitor):
     _needs_leaving = True
 
     def fit(self, reference: Tensor) -> PSIDrift:
-        """Fit the bin edges on the statistics part of the reference, then as every monitor."""
+        """Fit the bin edges on the statistics part of the reference, then as every monitor.
+
+        A refused reference leaves the edges (and the rest of the monitor) as they were.
+        """
+        flat = _flat(check_reference(reference, self.name))
+        previous = self.edges
         self.edges = torch.empty(0)  # until refitted: raw features, which the base checks
-        flat = _flat(reference) if isinstance(reference, Tensor) and reference.ndim else reference
-        if isinstance(flat, Tensor) and flat.ndim == 2 and flat.shape[0] >= 2:
-            stats_idx, _ = self.calibration.split(flat.shape[0])
-            part = flat[stats_idx.to(flat.device)]
-            if part.shape[0] and all_finite(part):
-                self.edges = psi_bins(part, self.n_bins)
-        return super().fit(reference)  # checks the reference and reports what is wrong
+        stats_idx, _ = self.calibration.split(flat.shape[0])
+        part = flat[stats_idx.to(flat.device)]
+        if part.shape[0] and all_finite(part):
+            self.edges = psi_bins(part, self.n_bins)
+        try:
+            return super().fit(reference)  # checks the reference and reports what is wrong
+        except BaseException:
+            self.edges = previous
+            raise
 
     def _features(self, x: Tensor) -> Tensor:
         flat = _flat(x)

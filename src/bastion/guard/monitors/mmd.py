@@ -11,8 +11,9 @@ import math
 import torch
 from torch import Tensor
 
-from bastion.core.errors import ConfigurationError
+from bastion.core.errors import InputValidationError
 from bastion.guard.monitors._base import Monitor, WindowStatistic
+from bastion.guard.monitors._checks import SEED_RANGE, check_int
 from bastion.guard.monitors._stats import (
     _sq_dists,
     median_bandwidth,
@@ -23,6 +24,8 @@ from bastion.guard.monitors.calibration import Calibration
 from bastion.guard.monitors.drift import _flat
 
 __all__ = ["MMDDrift", "mmd2"]
+
+_MAX_DIM = 4096  # projected dimensions: the projection is there to keep the kernel cheap
 
 
 def mmd2(reference: Tensor, x: Tensor, *, bandwidth: float | None = None) -> Tensor:
@@ -58,12 +61,20 @@ class MMDDrift(Monitor):
     ``max_reference + window`` kernel values once, instead of about ``(max_reference + window)
     x window / test_every``). Tests of other windows (calibration, ``score``) compute afresh.
 
+    The projection is drawn at ``fit`` for the reference's width, in its floating dtype; later
+    batches of another floating dtype are converted to it (float64 traffic on a float32 fit is
+    tested at float32 precision). The unbiased MMD needs at least 2 samples per window.
+
     Args:
-        dim: projected dimensions.
-        max_reference: reference samples kept (each update costs ``O(max_reference * window)``).
+        dim: projected dimensions, 1 to 4096.
+        max_reference: reference samples kept (each update costs ``O(max_reference * window)``),
+            at least 2.
         seed: seeds the projection.
         name: the monitor's name.
         calibration: window size and false-alarm rate.
+
+    Raises:
+        ConfigurationError: an argument that is not an integer in its range.
     """
 
     default_name = "input_mmd"
@@ -78,11 +89,9 @@ class MMDDrift(Monitor):
         calibration: Calibration | None = None,
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        if dim < 1 or max_reference < 2:
-            raise ConfigurationError(
-                f"dim must be >= 1 and max_reference >= 2, got {dim} and {max_reference}"
-            )
-        self.dim, self.max_reference, self.seed = dim, max_reference, seed
+        self.dim = check_int(dim, "dim", low=1, high=_MAX_DIM)
+        self.max_reference = check_int(max_reference, "max_reference", low=2)
+        self.seed = check_int(seed, "seed", low=SEED_RANGE[0], high=SEED_RANGE[1])
         self.projection: Tensor | None = None
         self.bandwidth = math.nan
         self._ref = torch.empty(0)
@@ -93,6 +102,7 @@ class MMDDrift(Monitor):
         self._gamma = math.nan
 
     _tracks_window = True
+    _min_window = 2  # the unbiased estimate averages over distinct pairs of window rows
 
     @property
     def reference(self) -> Tensor:
@@ -100,15 +110,36 @@ class MMDDrift(Monitor):
         return self._ref
 
     def project(self, x: Tensor) -> Tensor:
-        """Flatten and project a batch to ``(B, dim)`` (the projection is drawn on first use)."""
+        """Flatten and project a batch to ``(B, dim)`` (the projection is drawn on first use).
+
+        Raises:
+            InputValidationError: ``x`` has another number of features than the projection.
+        """
         flat = _flat(x)
         if self.projection is None:
             gen = torch.Generator().manual_seed(self.seed)
             proj = torch.randn(flat.shape[1], self.dim, generator=gen) / math.sqrt(flat.shape[1])
             self.projection = proj.to(device=flat.device, dtype=flat.dtype)
         if flat.shape[1] != self.projection.shape[0]:
-            return flat  # the base reports the feature-count mismatch
+            raise InputValidationError(
+                f"{self.name}: got {flat.shape[1]} features per sample, the reference had "
+                f"{self.projection.shape[0]}"
+            )
+        if flat.dtype != self.projection.dtype:  # float64 traffic on a float32 fit, or back
+            flat = flat.to(self.projection.dtype)
         return flat @ self.projection
+
+    def fit(self, reference: Tensor) -> MMDDrift:
+        """Draw the projection for this reference (its width and dtype), then as every monitor.
+
+        A refused reference leaves the projection (and the rest of the monitor) as it was.
+        """
+        previous, self.projection = self.projection, None
+        try:
+            return super().fit(reference)
+        except BaseException:
+            self.projection = previous
+            raise
 
     def _features(self, x: Tensor) -> Tensor:
         return self.project(x)

@@ -22,8 +22,11 @@ import enum
 import torch
 from torch import Tensor
 
-from bastion.core.errors import ConfigurationError, InputValidationError
+from bastion.core.checks import all_finite
+from bastion.core.enums import parse_enum
+from bastion.core.errors import InputValidationError
 from bastion.guard.monitors._base import Monitor, Source, WindowStatistic
+from bastion.guard.monitors._checks import check_int, check_reference
 from bastion.guard.monitors._stats import Correction, chi_square
 from bastion.guard.monitors.calibration import Calibration
 from bastion.guard.monitors.drift import _ks_test
@@ -36,6 +39,10 @@ __all__ = [
     "class_drift",
     "uncertainty",
 ]
+
+# classes a ClassDrift counts (one float64 per class per test): an LLM's vocabulary fits, a
+# stray label of 10**12 does not allocate terabytes
+MAX_CLASSES = 2**20
 
 
 class OutputSpace(enum.Enum):
@@ -75,6 +82,49 @@ def _class_proportions(predictions: Tensor, num_classes: int) -> Tensor:
     return (counts + 0.5) / (counts.sum() + 0.5 * num_classes)  # no class is impossible
 
 
+def _reference_classes(reference: Tensor, declared: int | None, name: str) -> int:
+    """The class count of a reference: its logits' width, else its top label + 1 (or
+    ``declared``); refuses negative, out-of-range or non-finite references and fewer than 2
+    classes, before anything is counted."""
+    if reference.ndim == 2 and reference.is_floating_point():
+        count = reference.shape[1]
+        if not all_finite(reference):
+            bad = int((~torch.isfinite(reference)).any(dim=1).nonzero()[0])
+            raise InputValidationError(
+                f"{name}: reference outputs have non-finite values (first at sample {bad})",
+                sample_index=bad,
+            )
+        if declared is not None and count != declared:
+            raise InputValidationError(
+                f"{name}: reference outputs have {count} columns, num_classes is {declared}"
+            )
+    else:
+        labels = _predictions(reference)
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0:
+            bad = int((labels < 0).nonzero()[0])
+            raise InputValidationError(
+                f"{name}: reference labels must be >= 0, got {low} (first at sample {bad})",
+                sample_index=bad,
+            )
+        limit = MAX_CLASSES if declared is None else declared
+        if high >= limit:
+            bad = int((labels >= limit).nonzero()[0])
+            raise InputValidationError(
+                f"{name}: reference label {high} is outside 0..{limit - 1} "
+                + (f"(at most {MAX_CLASSES} classes)" if declared is None
+                   else f"(num_classes={declared})"),
+                sample_index=bad,
+            )
+        count = high + 1 if declared is None else declared
+    if not 2 <= count <= MAX_CLASSES:
+        raise InputValidationError(
+            f"{name}: the reference has {count} class(es); a class distribution needs 2 to "
+            f"{MAX_CLASSES} (pass num_classes when some classes are missing from it)"
+        )
+    return count
+
+
 def class_drift(reference: Tensor, outputs: Tensor, *, num_classes: int) -> WindowStatistic:
     """Chi-square test of the predicted-class counts of ``outputs`` against ``reference``.
 
@@ -87,7 +137,9 @@ def class_drift(reference: Tensor, outputs: Tensor, *, num_classes: int) -> Wind
         >>> class_drift(ref, torch.zeros(100, dtype=torch.long), num_classes=2).p_value < 1e-10
         True
     """
-    expected = _class_proportions(_predictions(reference), num_classes)
+    declared = check_int(num_classes, "num_classes", low=2, high=MAX_CLASSES)
+    _reference_classes(check_reference(reference, "class_drift"), declared, "class_drift")
+    expected = _class_proportions(_predictions(reference), declared)
     return _class_test(_predictions(outputs), expected)
 
 
@@ -95,9 +147,13 @@ class ClassDrift(Monitor):
     """Predicted class distribution of the window against the reference (Pearson chi-square).
 
     Args:
-        num_classes: number of classes; inferred from ``(B, C)`` reference outputs when None.
+        num_classes: number of classes (2 to ``MAX_CLASSES``); when None, inferred at each
+            ``fit`` from the reference: the width of ``(B, C)`` outputs, else the top label + 1.
         name: the monitor's name.
         calibration: window size and false-alarm rate.
+
+    Raises:
+        ConfigurationError: ``num_classes`` is not None or an integer in 2..``MAX_CLASSES``.
     """
 
     source = Source.OUTPUTS
@@ -111,25 +167,44 @@ class ClassDrift(Monitor):
         calibration: Calibration | None = None,
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        if num_classes is not None and num_classes < 2:
-            raise ConfigurationError(f"num_classes must be at least 2, got {num_classes}")
+        if num_classes is not None:
+            num_classes = check_int(num_classes, "num_classes", low=2, high=MAX_CLASSES)
+        self._declared_classes = num_classes
         self.num_classes = num_classes
         self.reference_proportions = torch.empty(0)
 
+    def fit(self, reference: Tensor) -> ClassDrift:
+        """Settle the class count on the reference (validated first), then as every monitor.
+
+        A refused reference leaves the monitor as it was.
+        """
+        reference = check_reference(reference, self.name)
+        previous = self.num_classes
+        self.num_classes = _reference_classes(reference, self._declared_classes, self.name)
+        try:
+            return super().fit(reference)
+        except BaseException:
+            self.num_classes = previous
+            raise
+
     def _features(self, x: Tensor) -> Tensor:
-        if self.num_classes is None and x.ndim == 2:
-            self.num_classes = x.shape[1]
+        assert self.num_classes is not None  # set by fit, which every other path requires
+        if x.ndim == 2 and x.shape[1] != self.num_classes:
+            raise InputValidationError(
+                f"{self.name}: outputs have {x.shape[1]} columns, the reference had "
+                f"{self.num_classes} classes"
+            )
         preds = _predictions(x)
         top = int(preds.max())
-        if self.num_classes is not None and (top >= self.num_classes or int(preds.min()) < 0):
+        if top >= self.num_classes or int(preds.min()) < 0:
+            bad = top if top >= self.num_classes else int(preds.min())
             raise InputValidationError(
-                f"{self.name}: predicted classes must be in 0..{self.num_classes - 1}, got {top}"
+                f"{self.name}: predicted classes must be in 0..{self.num_classes - 1}, got {bad}"
             )
         return preds.reshape(-1, 1).double()
 
     def _fit_reference(self, features: Tensor) -> None:
-        if self.num_classes is None:
-            self.num_classes = int(features.max()) + 1
+        assert self.num_classes is not None
         self.reference_proportions = _class_proportions(features, self.num_classes)
 
     def _test(self, window: Tensor) -> WindowStatistic:
@@ -138,16 +213,24 @@ class ClassDrift(Monitor):
 
 def uncertainty(
     outputs: Tensor,
-    kind: Uncertainty = Uncertainty.CONFIDENCE,
-    space: OutputSpace = OutputSpace.LOGITS,
+    kind: Uncertainty | str = Uncertainty.CONFIDENCE,
+    space: OutputSpace | str = OutputSpace.LOGITS,
 ) -> Tensor:
     """Per-sample confidence (top probability) or entropy (nats) of ``(B, C)`` outputs.
+
+    ``kind`` and ``space`` are members or their names (``"entropy"``, ``"probabilities"``).
 
     Example:
         >>> import torch
         >>> uncertainty(torch.zeros(1, 4), Uncertainty.ENTROPY)  # uniform over 4 classes
         tensor([1.3863])
     """
+    return _uncertainty(outputs, parse_enum(Uncertainty, kind, "uncertainty kind"),
+                        parse_enum(OutputSpace, space, "output space"))
+
+
+def _uncertainty(outputs: Tensor, kind: Uncertainty, space: OutputSpace) -> Tensor:
+    """:func:`uncertainty` with parsed arguments (the monitor's per-update path)."""
     if outputs.ndim != 2 or not outputs.is_floating_point():
         raise InputValidationError(
             f"outputs must be (B, C) float logits or probabilities, got shape "
@@ -169,11 +252,15 @@ class ConfidenceDrift(Monitor):
     evasion attempts look like from the output side.
 
     Args:
-        kind: the per-sample quantity watched.
-        space: whether outputs are logits or probabilities.
-        max_reference: reference values kept.
+        kind: the per-sample quantity watched (a member or its name).
+        space: whether outputs are logits or probabilities (a member or its name).
+        max_reference: reference values kept, at least 2.
         name: the monitor's name.
         calibration: window size and false-alarm rate.
+
+    Raises:
+        ConfigurationError: an unknown ``kind`` or ``space``, or a ``max_reference`` that is not
+            an integer >= 2.
     """
 
     source = Source.OUTPUTS
@@ -182,14 +269,16 @@ class ConfidenceDrift(Monitor):
     def __init__(
         self,
         *,
-        kind: Uncertainty = Uncertainty.CONFIDENCE,
-        space: OutputSpace = OutputSpace.LOGITS,
+        kind: Uncertainty | str = Uncertainty.CONFIDENCE,
+        space: OutputSpace | str = OutputSpace.LOGITS,
         max_reference: int = 5000,
         name: str | None = None,
         calibration: Calibration | None = None,
     ) -> None:
         super().__init__(name=name, calibration=calibration)
-        self.kind, self.space, self.max_reference = kind, space, max_reference
+        self.kind = parse_enum(Uncertainty, kind, "uncertainty kind")
+        self.space = parse_enum(OutputSpace, space, "output space")
+        self.max_reference = check_int(max_reference, "max_reference", low=2)
         self._ref_sorted = torch.empty(0)
         self.reference_mean = float("nan")
 
@@ -199,7 +288,7 @@ class ConfidenceDrift(Monitor):
         return self._ref_sorted.t()
 
     def _features(self, x: Tensor) -> Tensor:
-        return uncertainty(x, self.kind, self.space).reshape(-1, 1)
+        return _uncertainty(x, self.kind, self.space).reshape(-1, 1)
 
     def _fit_reference(self, features: Tensor) -> None:
         kept = features[: self.max_reference]

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from torch import Tensor
@@ -35,20 +35,32 @@ class MonitorSuite:
     the sum of the monitors' fixed state; nothing grows with traffic.
 
     Args:
-        monitors: the monitors, each configured with its own window size and false-alarm rate.
+        monitors: the monitors (any iterable), each configured with its own window size and
+            false-alarm rate.
 
     Raises:
-        ConfigurationError: two monitors share a name, or the list is empty.
+        ConfigurationError: the list is empty, holds something that is not a monitor, or two
+            monitors share a name.
     """
 
-    def __init__(self, monitors: Sequence[Monitor]) -> None:
-        names = [m.name for m in monitors]
-        if not names:
+    def __init__(self, monitors: Iterable[Monitor]) -> None:
+        if isinstance(monitors, (str, bytes, Monitor)) or not isinstance(monitors, Iterable):
+            raise ConfigurationError(
+                f"MonitorSuite takes a list of monitors, got {type(monitors).__name__}"
+            )
+        items = tuple(monitors)  # once: a generator can be read only once
+        if not items:
             raise ConfigurationError("MonitorSuite needs at least one monitor")
+        for i, m in enumerate(items):
+            if not isinstance(m, Monitor):
+                raise ConfigurationError(
+                    f"MonitorSuite: item {i} is a {type(m).__name__}, not a monitor"
+                )
+        names = [m.name for m in items]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigurationError(f"monitor names must be unique; repeated: {dupes}")
-        self.monitors: tuple[Monitor, ...] = tuple(monitors)
+        self.monitors: tuple[Monitor, ...] = items
         self._lock = threading.Lock()
 
     def __getitem__(self, name: str) -> Monitor:
