@@ -5,18 +5,25 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import math
 import os
+import re
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard.schema import TensorSchema
-from bastion.serve.auth import KeyStore, create_key, hash_key
+from bastion.serve.auth import ApiKey, KeyStore, create_key, hash_key
+from bastion.serve.config import ServeConfig
 from bastion.serve.limits import RateLimiter, Refusal, TokenBucket
 from bastion.serve.payload import decode_npy, parse_predict
 
@@ -49,12 +56,27 @@ def test_concurrent_creates_keep_every_key(tmp_path: Path) -> None:
     assert sorted(k.name for k in KeyStore.load(path).keys) == sorted(f"k{i}" for i in range(8))
 
 
+_H1, _H2 = hash_key("k1"), hash_key("k2")
+
+
+def _keys(*entries: tuple[object, object]) -> str:
+    return json.dumps({"keys": [{"name": n, "sha256": h} for n, h in entries]})
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
         (None, "bastion apikey create"),
         ("{", "not valid JSON"),
         ('{"keys": [{"name": 1}]}', "entry 0"),
+        ("[" * 100_000, "not valid JSON: nested too deeply"),
+        (_keys(("a", _H1), ("a", _H2)), "keys 0 and 1 are both named 'a'"),
+        (_keys(("a", _H1), ("b", _H1)), r"keys 0 \('a'\) and 1 \('b'\) have the same digest"),
+        (_keys(("", _H1)), "entry 0: key name must be 1-64 .* got ''"),
+        (_keys(("a\nINFO fake", _H1)), r"entry 0: key name .* got 'a\\nINFO fake'"),
+        (_keys(("a\n", _H1)), r"entry 0: key name .* got 'a\\n'"),
+        (_keys(("ok", _H1), ("b", _H1.upper())), "entry 1: key 'b': 'sha256' must be 64 lowercase"),
+        (json.dumps({"keys": [{"name": "a", "sha256": _H1, "created": 5}]}), "'created' must be"),
     ],
 )
 def test_bad_key_files_are_configuration_errors(tmp_path: Path, content: str | None,
@@ -140,3 +162,84 @@ def test_parse_predict_refusals(body: bytes, status: int, error: str) -> None:
     with pytest.raises(Refusal) as info:
         parse_predict(body, SCHEMA, max_batch=8)
     assert (info.value.status, info.value.error) == (status, error)
+
+
+def test_create_key_refuses_a_file_the_load_refuses_and_non_str_names(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(_keys(("a", _H1), ("a", _H2)))
+    with pytest.raises(ConfigurationError, match="both named 'a'"):
+        create_key(path, "z")
+    assert path.read_text() == _keys(("a", _H1), ("a", _H2))  # untouched
+    for name in (5, None, b"a", "a\n"):
+        with pytest.raises(ConfigurationError, match=f"key name .* got {re.escape(repr(name))}"):
+            create_key(tmp_path / "other.json", name)  # type: ignore[arg-type]
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_create_key_turns_os_errors_into_configuration_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (tmp_path, "is a directory"),
+        (Path("."), "is a directory"),
+        (tmp_path / "file" / "k.json", "cannot create the folder of key file .*k.json: "),
+        (Path("/proc/k.json"), "cannot write key file /proc/k.json: No such file"),
+    ]
+    for path, match in cases:
+        with pytest.raises(ConfigurationError, match=match):
+            create_key(path, "a")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores modes")
+def test_create_key_in_a_read_only_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    with pytest.raises(ConfigurationError, match="cannot write key file .*Permission denied"):
+        create_key(folder / "k.json", "a")
+
+
+@given(st.one_of(st.text(), st.binary(), st.integers(), st.floats(), st.none(),
+                 st.lists(st.text(max_size=3), max_size=2)))
+def test_authenticate_never_raises_and_matches_only_the_key(key: object) -> None:
+    assume(key != "k1")
+    store = KeyStore(keys=(ApiKey(name="a", sha256=_H1),))
+    assert store.authenticate(key) is None
+    assert store.authenticate("k1") == "a"
+
+
+def test_a_key_file_others_may_read_loads_with_a_warning(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(_keys(("a", _H1)))
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="bastion.serve"):
+        KeyStore.load(path)
+        assert not caplog.records
+        path.chmod(0o666)
+        assert KeyStore.load(path).authenticate("k1") == "a"
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "mode 0666" in caplog.text and f"chmod 600 {path}" in caplog.text
+
+
+_INT_FIELDS = {"port": "an integer 0-65535", "max_body_bytes": "an integer >= 1",
+               "max_batch": "an integer >= 1", "burst": "an integer >= 1",
+               "workers": "an integer >= 1"}
+_REAL_FIELDS = {"rate_per_second": "a finite number > 0", "timeout_seconds": "a finite number > 0"}
+
+
+@pytest.mark.parametrize("field", [*_INT_FIELDS, *_REAL_FIELDS])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -1, "3", True, 70_000.0])
+def test_serve_config_names_each_field_and_its_rule(field: str, value: object) -> None:
+    what = {**_INT_FIELDS, **_REAL_FIELDS}[field]
+    if (field == "port" and value == 0) or (field in _REAL_FIELDS and value == 70_000.0):
+        ServeConfig(**{field: value})  # type: ignore[arg-type]  # valid: no error
+        return
+    with pytest.raises(ConfigurationError, match=f"^{field} must be {what}, got "
+                       f"{re.escape(repr(value))}$"):
+        ServeConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_serve_config_keeps_valid_values() -> None:
+    port: Any = np.int64(0)
+    config = ServeConfig(port=port, rate_per_second=5, timeout_seconds=0.5)
+    assert (config.port, config.rate_per_second, config.timeout_seconds) == (0, 5.0, 0.5)
+    assert type(config.port) is int

@@ -6,15 +6,19 @@ import base64
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from bastion.core.errors import ConfigurationError
+from bastion.guard.monitors import Calibration
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard
 from bastion.guard.schema import TensorSchema
+from bastion.serve.build import ModelSpec, guard_stages
 from bastion.serve.pipeline import Pipeline
 
 
@@ -169,3 +173,69 @@ def test_the_checks_text_is_reused_only_for_the_same_parts() -> None:
     assert again == texts({"input": valid, "output": flagged})
     assert json.loads(texts({"input": valid})) == {"input": {"valid": True}}  # fewer parts
     assert texts({}) == "{}"
+
+
+_CAL = Calibration(window=20, n_windows=20)
+
+
+def _npz(tmp_path: Path, x: torch.Tensor) -> Path:
+    path = tmp_path / "ref.npz"
+    np.savez(path, x=x.numpy())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("schema", "match"),
+    [
+        ('shape = ["batch", 3]', r"schema .*s.toml \(shape \(batch, 3\), dtype float32\) does not "
+         r"fit the model: .*shape \(2, 3\).* RuntimeError: .*conv2d"),
+        ('shape = ["batch", 1, 28, 28]\ndtype = "float64"', r"s.toml \(shape \(batch, 1, 28, 28\), "
+         r"dtype float64\) does not fit the model: .*RuntimeError: Input type \(double\)"),
+        ('shape = ["*", "*", "*", "*"]', r"leaves sample dimension\(s\) 1, 2, 3 free; .*"
+         r"shape = \[batch, 1, 28, 28\]"),
+        ('shape = ["batch", 1, 28, 28]\nmax = 0.5', r"reference data .*MNIST.* has shape "
+         r"\(1000, 1, 28, 28\), dtype float32; the schema .*s.toml expects .*: [0-9]+ violation"),
+    ],
+)
+def test_a_schema_that_does_not_fit_the_model_stops_the_build(
+    demo_parts: Any, tmp_path: Path, schema: str, match: str
+) -> None:
+    (tmp_path / "s.toml").write_text(schema)
+    with pytest.raises(ConfigurationError, match=match):
+        guard_stages(demo_parts[0], ModelSpec(), schema=tmp_path / "s.toml", calibration=_CAL)
+
+
+@pytest.mark.parametrize(
+    ("reference", "match"),
+    [
+        (torch.rand(50, 3), r"shape \(50, 3\), dtype float32; the model expects shape "
+         r"\(N, 1, 28, 28\), dtype float32 and fails on it: RuntimeError"),
+        (torch.rand(50, 784), r"shape \(50, 784\), dtype float32; the model expects"),
+        (torch.rand(50, 1, 28, 28).double(), r"ref.npz \(array 'x'\) has shape "
+         r"\(50, 1, 28, 28\), dtype float64; the model expects .* dtype float32"),
+        (torch.rand(50, 1, 28, 28) > 0.5, r"dtype bool; the model expects"),
+    ],
+)
+def test_a_reference_the_model_cannot_take_stops_the_build(
+    demo_parts: Any, tmp_path: Path, reference: torch.Tensor, match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        guard_stages(demo_parts[0], ModelSpec(), reference=_npz(tmp_path, reference),
+                     calibration=_CAL)
+
+
+def test_a_reference_dtype_is_converted_only_when_the_schema_accepts_it(
+    demo_parts: Any, tmp_path: Path
+) -> None:
+    ref = _npz(tmp_path, demo_parts[2][:200].double())
+    only32 = tmp_path / "f32.toml"
+    only32.write_text('shape = ["batch", 1, 28, 28]')
+    with pytest.raises(ConfigurationError, match=r"dtype float64; the schema .*f32.toml expects "
+                       r"shape \(batch, 1, 28, 28\), dtype float32: 1 violation\(s\): dtype x1"):
+        guard_stages(demo_parts[0], ModelSpec(), schema=only32, reference=ref, calibration=_CAL)
+    both = tmp_path / "both.toml"
+    both.write_text('shape = ["batch", 1, 28, 28]\ndtype = ["float32", "float64"]')
+    stages = guard_stages(demo_parts[0], ModelSpec(), schema=both, reference=ref,
+                          calibration=_CAL)
+    assert stages.reference.dtype == torch.float32  # as the server builds requests: dtype[0]
+    assert torch.equal(stages.reference_logits, demo_parts[0](demo_parts[2][:200]).detach())

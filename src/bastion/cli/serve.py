@@ -6,6 +6,7 @@ Both map options onto :mod:`bastion.serve`; errors propagate to ``bastion.cli.ma
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +53,17 @@ def apikey_create(
     key = create_key(keys, name)
     _err.print(f"added key {name!r} to {keys}; it is shown once, store it now:")
     _out.print(key)
+
+
+def _check_host(host: str, port: int) -> None:
+    """Resolve ``--host`` before any work, so a typo fails here and not after "serving ..."."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigurationError(
+            f"--host {host!r} is not an address or a name this machine resolves: {reason}"
+        ) from None
 
 
 def serve(
@@ -134,6 +146,7 @@ def serve(
 
     config = ServeConfig(host=host, port=port, max_body_bytes=max_body, max_batch=max_batch,
                          rate_per_second=rate, burst=burst, timeout_seconds=timeout)
+    _check_host(host, port)
     store = KeyStore.load(keys)
     if not store.keys:
         raise ConfigurationError(

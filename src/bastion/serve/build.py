@@ -28,7 +28,7 @@ from bastion.guard.monitors import Calibration, MonitorSuite
 from bastion.guard.outputs import OutputChecker
 from bastion.guard.policy import InputGuard, InvalidDataPolicy
 from bastion.guard.schema import TensorSchema
-from bastion.serve import _stages
+from bastion.serve import _preflight, _stages
 from bastion.serve.pipeline import Pipeline
 from bastion.zoo.factory import build_from_factory, is_factory_spec
 
@@ -70,6 +70,15 @@ class ModelSpec:
 
             return DemoCNN()
         return build_from_factory(self.factory)
+
+
+def _demo_input() -> str:
+    """What the demo model takes (the MNIST inputs it was trained on), for error messages."""
+    from bastion.data import load_mnist5k
+
+    x = load_mnist5k().x_train
+    sizes = ", ".join(map(str, x.shape[1:]))
+    return f"shape (N, {sizes}), dtype {str(x.dtype).removeprefix('torch.')}"
 
 
 def load_model(
@@ -179,24 +188,39 @@ def guard_stages(
     The demo infers its schema from the MNIST 5k train split (range [0, 1]) and uses the test
     split as reference; other models infer it from ``reference`` unless a schema file is given.
 
+    The schema, the reference and the model are checked against each other first (see
+    :mod:`bastion.serve._preflight`), so a mismatch stops here with one line instead of failing
+    every request.
+
     Raises:
-        ConfigurationError, InputValidationError: bad options or files.
+        ConfigurationError: bad options or files, or a schema, reference data and model that
+            do not fit together (the message names them and the model's error).
+        InputValidationError: bad reference data.
     """
     invalid = InvalidDataPolicy.parse(policy)
     ref = load_reference(reference)
-    if spec.is_demo and schema is None and reference is None:
-        from bastion.data import load_mnist5k
-
-        tensor_schema = TensorSchema.infer(load_mnist5k().x_train, bounds=(0.0, 1.0))
+    ref_source = _preflight.describe_reference(reference)
+    if schema is None and (reference is not None or not spec.is_demo):
+        # the schema will be inferred from the reference: the model must take the reference
+        _preflight.check_reference(net, ref, ref_source,
+                                   expects=_demo_input if spec.is_demo else None)
+        tensor_schema = load_schema(None, ref)
     else:
-        tensor_schema = load_schema(schema, ref)
+        if schema is None:  # the demo alone: its schema comes from the MNIST train split
+            from bastion.data import load_mnist5k
+
+            tensor_schema = TensorSchema.infer(load_mnist5k().x_train, bounds=(0.0, 1.0))
+            schema_source = "(inferred from the MNIST 5k train split)"
+        else:
+            tensor_schema = load_schema(schema, ref)
+            schema_source = str(schema)
+        ref = _preflight.check_against_schema(net, tensor_schema, schema_source, ref, ref_source)
     guard = InputGuard(
         tensor_schema,
         policy=invalid,
         default=ref.float().mean(0) if invalid is InvalidDataPolicy.SUBSTITUTE else None,
     )
-    with torch.no_grad():
-        ref_logits = net(ref)
+    ref_logits = _preflight.reference_logits(net, ref, ref_source)
     return GuardStages(
         schema=tensor_schema,
         guard=guard,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from typing import Any
 
 from bastion.core.errors import ConfigurationError
 
@@ -30,6 +32,9 @@ class ServeConfig:
         burst: requests a key may send at once before the rate applies (bucket size).
         timeout_seconds: longest a request may spend in the model and its guard.
         workers: threads running inference (a model stuck past its timeout holds one).
+
+    Raises:
+        ConfigurationError: a field of the wrong type or out of range (the message names it).
     """
 
     host: str = "127.0.0.1"
@@ -42,17 +47,38 @@ class ServeConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        checks = {
-            "port": 0 <= self.port <= 65535,
-            "max_body_bytes": self.max_body_bytes > 0,
-            "max_batch": self.max_batch > 0,
-            "rate_per_second": self.rate_per_second > 0 and math.isfinite(self.rate_per_second),
-            "burst": self.burst >= 1,
-            "timeout_seconds": self.timeout_seconds > 0 and math.isfinite(self.timeout_seconds),
-            "workers": self.workers >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigurationError(
-                    f"{name} must be positive (port 0-65535), got {getattr(self, name)!r}"
-                )
+        if not isinstance(self.host, str) or not self.host or not self.host.isprintable():
+            raise ConfigurationError(f"host must be a non-empty address or name, got {self.host!r}")
+        _integer(self, "port", 0, "an integer 0-65535", high=65535)
+        for name in ("max_body_bytes", "max_batch", "burst", "workers"):
+            _integer(self, name, 1, "an integer >= 1")
+        for name in ("rate_per_second", "timeout_seconds"):
+            value: Any = getattr(self, name)
+            number = _as_float(value)
+            if number is None or not (math.isfinite(number) and number > 0):
+                raise ConfigurationError(f"{name} must be a finite number > 0, got {_show(value)}")
+            object.__setattr__(self, name, number)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_float(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (not a bool); inf when too large."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf
+
+
+def _integer(config: ServeConfig, name: str, low: int, what: str, high: int | None = None) -> None:
+    """Check one integer field (bools and floats are refused, numpy ints become ints)."""
+    value: Any = getattr(config, name)
+    integral = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if not (integral and low <= int(value) and (high is None or int(value) <= high)):
+        raise ConfigurationError(f"{name} must be {what}, got {_show(value)}")
+    object.__setattr__(config, name, int(value))
