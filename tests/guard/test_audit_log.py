@@ -345,3 +345,55 @@ def test_stored_text_is_the_sorted_json_of_to_dict_encoded_once() -> None:
     nan = AuditRecord.create(inputs=b"x", request_id="n", monitors=[{"p": float("nan")}])
     # JSON has no NaN: the walk stores null, and the field holds what is stored
     assert json.loads(nan.stored_text())["monitors"] == [{"p": None}] == nan.monitors
+
+
+def test_rows_arguments_are_checked_and_since_strings_parsed(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "audit.db") as log:
+        log.append(_record(0))
+        time.sleep(0.01)
+        cut = dt.datetime.now(dt.timezone.utc)
+        time.sleep(0.01)
+        log.append(_record(1))
+        # the same instant as text, in another zone or with Z: the same rows (not compared as
+        # text: "+02:00" sorts after every UTC time of the day)
+        east = cut.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat()
+        for since in (cut, east, cut.isoformat().replace("+00:00", "Z")):
+            assert [r.request_id for r in log.rows(since=since)] == ["req-1"]
+        bad: list[tuple[dict[str, object], str]] = [
+            ({"limit": "5"}, r"limit must be an int >= 0 or None, got '5'"),
+            ({"limit": True}, r"limit must be an int >= 0 or None, got True"),
+            ({"limit": -1}, r"limit must be an int >= 0 or None, got -1"),
+            ({"since": "garbage"}, r"since must be an ISO-8601 time with an offset"),
+            ({"api_key": 5}, r"api_key must be a key name"),
+        ]
+        for kwargs, match in bad:
+            with pytest.raises(ConfigurationError, match=match):
+                log.rows(**kwargs)  # type: ignore[arg-type]
+
+
+def test_records_parse_their_outcome_and_name_missing_keys() -> None:
+    record = AuditRecord.create(inputs=b"x", outcome="Refused", reason="bad")  # type: ignore[arg-type]
+    assert record.outcome is Outcome.REFUSED and json.loads(record.stored_text())["outcome"] == (
+        "refused")
+    with pytest.raises(ConfigurationError, match="unknown outcome 'maybe'"):
+        AuditRecord.create(inputs=b"x", outcome="maybe")  # type: ignore[arg-type]
+    with pytest.raises(InputValidationError,
+                       match=r"needs the key\(s\) \['request_id', 'time', 'input_digest'\]"):
+        AuditRecord.from_dict({})
+    with pytest.raises(InputValidationError, match=r"needs the key\(s\) \['input_digest'\]"):
+        AuditRecord.from_dict({"request_id": "a", "time": "t"})
+    with pytest.raises(InputValidationError, match="unknown outcome 'x'"):
+        AuditRecord.from_dict({"request_id": "a", "time": "t", "input_digest": "d",
+                               "outcome": "x"})
+    with pytest.raises(InputValidationError, match="must be a mapping"):
+        AuditRecord.from_dict([("request_id", "a")])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", [5, None, b"audit.db", 1.5])
+def test_open_takes_only_a_path_or_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: object
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"AuditLog\.open takes a file path or URL"):
+        AuditLog.open(target)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # no file named "5" (or anything else)

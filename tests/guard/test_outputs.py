@@ -154,3 +154,21 @@ def test_checker_arguments_are_checked() -> None:
         OutputChecker(expect="scores")
     with pytest.raises(ConfigurationError, match="range"):
         OutputChecker(range=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("bad", [(0, 1, 2), 5, "ab", (True, 2.0), (0.0, "1"), [1.0]])
+def test_a_malformed_range_is_a_configuration_error(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"range must be \(low, high\), two numbers"):
+        OutputChecker(range=bad)  # type: ignore[arg-type]
+
+
+def test_big_endian_outputs_are_checked_like_their_native_copy() -> None:
+    native = np.array([[2.0, 0.1, -1.0], [np.nan, 0.0, 0.0], [0.3, 0.3, 0.31]], dtype=np.float32)
+    checker = OutputChecker(3, range=(-1.5, 1.5))
+    for big in (native.astype(">f4"), native.astype(">f8"), native[:1].astype(">f4")):
+        assert not big.dtype.isnative
+        report = checker.check(big)
+        assert report.problems == ()
+        expected = checker.check(big.astype(big.dtype.newbyteorder("=")))
+        assert report.to_dict() == expected.to_dict()
+    assert checker.check(native.astype(">f4")).to_dict()["flagged"]["out_of_range"] == [0]

@@ -170,3 +170,69 @@ def test_result_to_dict_summarises_the_tensor() -> None:
     data = result.to_dict()
     assert data["shape"] == [5, 3] and "x" not in data and len(data["actions"]) == 5
     assert data["report"]["counts"] == {"non_finite": 2, "min": 2, "max": 1}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_violations": 0}, r"max_violations must be an int >= 1, got 0"),
+        ({"max_violations": -1}, r"max_violations must be an int >= 1, got -1"),
+        ({"max_violations": "3"}, r"max_violations must be an int >= 1, got '3'"),
+        ({"max_violations": True}, r"max_violations must be an int >= 1, got True"),
+        ({"policy": "substitute", "default": "abc"}, r"default must be one sample.*got str"),
+        ({"policy": "substitute", "default": [[0.5], [0.5, 0.5]]},
+         r"default must be one sample.*got list"),
+        ({"policy": "substitute", "default": np.array([None, 0, 0])},
+         r"default must be one sample.*numpy dtype object"),
+        ({"logger": "x"}, r"logger must be a logging.Logger or LoggerAdapter, got 'x'"),
+        ({"fill": True}, r"fill must be a finite number.*got True"),
+        ({"fill": 10**400}, r"fill must be a finite number"),
+    ],
+)
+def test_bad_arguments_are_refused_when_the_guard_is_built(
+    kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        InputGuard(SCHEMA, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_fill_float16_cannot_hold_is_refused() -> None:
+    schema = TensorSchema(shape=("batch", 1), dtype=("float32", "float16"))
+    with pytest.raises(ConfigurationError, match="range of the schema's dtypes"):
+        InputGuard(schema, policy="repair", fill=70000.0)
+    assert InputGuard(schema, policy="repair", fill=65504.0).fill == 65504.0
+
+
+def test_a_one_violation_cap_still_rejects_with_the_first_violation() -> None:
+    with pytest.raises(InputValidationError, match="rejected") as info:
+        InputGuard(SCHEMA, max_violations=1).guard(_bad_batch())
+    assert len(info.value.violations) == 1 and info.value.sample_index == 1
+
+
+def test_repair_clamps_within_each_dtype_of_the_schema() -> None:
+    """Bounds beyond a dtype (float16 below 70000, a negative min for uint8) clamp to the
+    dtype's own range instead of raising (float16) or wrapping around (uint8: -5 is 251)."""
+    schema = TensorSchema(shape=("batch", 2), dtype=("float16", "float32"), max=70000.0)
+    guard = InputGuard(schema, policy="repair")
+    half = guard.guard(torch.tensor([[math.inf, 1.0], [2.0, 3.0]], dtype=torch.float16))
+    assert half.x.dtype == torch.float16 and half.x.tolist() == [[65504.0, 1.0], [2.0, 3.0]]
+    assert half.changed_samples == (0,)
+    single = guard.guard(torch.tensor([[80000.0, -math.inf]]))
+    assert single.x.tolist() == [[70000.0, 0.0]]  # -inf without a min: the fill value
+    loose = TensorSchema(shape=("batch", 2), dtype=("float16",), finite=False, max=70000.0)
+    assert InputGuard(loose, policy="repair").guard(
+        torch.tensor([[math.inf, 1.0]], dtype=torch.float16)).x.tolist() == [[65504.0, 1.0]]
+    small = TensorSchema(shape=("batch", 2), dtype="uint8", min=-5.0, max=200.0)
+    fixed = InputGuard(small, policy="repair").guard(
+        torch.tensor([[250, 1], [0, 7]], dtype=torch.uint8))
+    assert fixed.x.tolist() == [[200, 1], [0, 7]] and fixed.changed_samples == (0,)
+
+
+def test_big_endian_arrays_are_guarded_like_their_native_copy() -> None:
+    native = _bad_batch().numpy()
+    big = native.astype(">f4")
+    assert not big.dtype.isnative
+    guard = InputGuard(SCHEMA, policy="repair")
+    from_big, from_native = guard.guard(big), guard.guard(native)
+    assert torch.equal(from_big.x, from_native.x)
+    assert from_big.to_dict() == from_native.to_dict()

@@ -187,6 +187,8 @@ def test_infer_refuses_bad_reference() -> None:
         TensorSchema.infer(torch.tensor([[0.0], [math.nan]]))
     with pytest.raises(ConfigurationError, match="N >= 2"):
         TensorSchema.infer(torch.zeros(1, 3))
+    with pytest.raises(ConfigurationError, match=r"bounds must be \(min, max\), got \(0, 1, 2\)"):
+        TensorSchema.infer(torch.rand(4, 2), bounds=(0, 1, 2))  # type: ignore[arg-type]
 
 
 def test_constructor_checks() -> None:
@@ -341,3 +343,56 @@ def test_fast_valid_path_accepts_a_plainly_valid_batch() -> None:
                 warnings.simplefilter("error")
                 assert _checks.certainly_valid(schema, needs_grad) is expected, (name, dtype)
             assert schema.validate(batch).ok is expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, "x", True, 2.5])
+def test_validate_refuses_a_bad_violation_cap(bad: object) -> None:
+    schema = TensorSchema(shape=("batch", 2), max=0.0)
+    with pytest.raises(ConfigurationError, match=r"max_violations must be an int >= 1"):
+        schema.validate(torch.ones(3, 2), max_violations=bad)  # type: ignore[arg-type]
+
+
+def test_big_endian_arrays_are_judged_like_their_native_copy() -> None:
+    native = np.array([[0.5, 2.0], [np.nan, 0.25], [-1.0, 0.0]], dtype=np.float32)
+    big = native.astype(">f4")
+    assert not big.dtype.isnative and np.array_equal(big, native, equal_nan=True)
+    schema = TensorSchema(shape=("batch", 2), min=0.0, max=1.0)
+    report = schema.validate(big)
+    assert report.to_dict() == schema.validate(native).to_dict()
+    assert [(v.rule.value, v.sample_index) for v in report.violations] == [
+        ("non_finite", 1), ("min", 2), ("max", 0)]
+    inferred = TensorSchema.infer(native[[0, 2]].astype(">f4"))
+    assert inferred == TensorSchema.infer(native[[0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min": 10**400}, r"key 'min' must be a finite number, got an int of 1329 bits"),
+        ({"max": -(10**400)}, r"key 'max' must be a finite number"),
+        ({"dtype": "float16", "max": 70000.0, "min": 66000.0}, r"no float16 value"),
+        ({"dtype": "float16", "max": -70000.0}, r"no float16 value"),
+        ({"dtype": ("float32", "uint8"), "max": -1.0}, r"no uint8 value"),
+        ({"dtype": "int64", "min": 0.2, "max": 0.8}, r"no int64 value"),
+        ({"dtype": "int8", "min": 200.0}, r"no int8 value"),
+        ({"dtype": ("float32", "float16"), "shape": ("batch", 1),
+          "stats": FeatureStats(mean=[1e5], std=[1.0], z_limit=3)}, r"range of float16"),
+    ],
+)
+def test_constructor_refuses_bounds_no_allowed_dtype_can_hold(
+    kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        TensorSchema(**{"shape": ("batch", 2), **kwargs})  # type: ignore[arg-type]
+
+
+def test_bounds_wider_than_a_dtype_are_kept() -> None:
+    """A range that merely exceeds a dtype (float16 below 70000) is a valid, loose schema."""
+    schema = TensorSchema(shape=("batch", 1), dtype=("float16", "float32"), max=70000.0)
+    assert schema.validate(torch.tensor([[65504.0]], dtype=torch.float16)).ok
+    assert not schema.validate(torch.tensor([[80000.0]])).ok
+    loose = TensorSchema(shape=("batch", 1), dtype="float16", finite=False, max=70000.0)
+    # +inf is above 70000 although torch rounds 70000 to inf in float16
+    report = loose.validate(torch.tensor([[1.0], [math.inf]], dtype=torch.float16))
+    assert [(v.rule.value, v.sample_index) for v in report.violations] == [("max", 1)]
+    assert TensorSchema(shape=("b",), dtype="uint8", min=-5.0, max=2.5).min == -5.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 
@@ -152,3 +153,54 @@ def test_arbitrary_bytes_never_raise_and_come_out_clean(data: bytes) -> None:
 def test_arbitrary_strings_never_raise_and_come_out_clean(text: str) -> None:
     _check_clean(sanitize_text(text))
     _check_clean(sanitize_text(text, policy=TextPolicy(max_chars=7, too_long="truncate")))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("max_reported", "x", r"max_reported must be an int >= 0, got 'x'"),
+        ("max_reported", -1, r"max_reported must be an int >= 0, got -1"),
+        ("max_reported", True, r"max_reported must be an int >= 0, got True"),
+        ("max_bytes", 2.5, r"max_bytes must be an int >= 1 or None, got 2.5"),
+        ("keep_controls", None, r"keep_controls must be a string of control characters"),
+        ("keep_controls", ["\n"], r"keep_controls must be a string"),
+        ("keep_controls", "ab", r"keep_controls must be a string of control characters"),
+        ("normalize", "no", r"normalize must be True or False, got 'no'"),
+        ("normalize", 0, r"normalize must be True or False, got 0"),
+        ("too_long", None, r"too_long must be one of reject, truncate; got None"),
+    ],
+)
+def test_every_policy_field_is_checked(field: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        TextPolicy(**{field: value})  # type: ignore[arg-type]
+
+
+def test_zero_reported_changes_still_counts_them() -> None:
+    result = sanitize_text("a\u200bb\u200b", policy=TextPolicy(max_reported=0))
+    assert result.changes == () and result.counts == {"zero_width": 2} and result.text == "ab"
+
+
+@pytest.mark.parametrize("policy", ["strict", {"max_chars": 3}, 5])
+def test_a_wrong_policy_argument_is_a_configuration_error(policy: object) -> None:
+    with pytest.raises(ConfigurationError, match="policy must be a TextPolicy or None"):
+        sanitize_text("abc", policy=policy)  # type: ignore[arg-type]
+
+
+_anything = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4) \
+    | st.sampled_from(["reject", "remove", "replace", "report", "truncate", "\n", "\x00\r"]) \
+    | st.lists(st.integers(), max_size=2) | st.binary(max_size=2)
+_FIELDS = [f.name for f in dataclasses.fields(TextPolicy)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(_FIELDS), _anything, max_size=4))
+def test_any_field_values_build_a_policy_or_raise_configuration_error(
+    fields: dict[str, object]
+) -> None:
+    try:
+        policy = TextPolicy(**fields)  # type: ignore[arg-type]
+    except ConfigurationError:
+        return
+    result = sanitize_text("x\u202e\u200b\x00ｆ", policy=policy)  # usable as built
+    kept = [c for c in _forbidden(result.text) if c not in policy.keep_controls]
+    assert result.rejected or (kept == [] and result.text.startswith("x"))

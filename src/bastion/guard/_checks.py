@@ -21,9 +21,51 @@ from bastion.guard._schema_io import dtype_name
 if TYPE_CHECKING:
     from bastion.guard.schema import TensorSchema
 
-__all__ = ["Inspection", "RuleHits", "build_report", "certainly_valid", "inspect", "valid_report"]
+__all__ = [
+    "Inspection",
+    "RuleHits",
+    "build_report",
+    "certainly_valid",
+    "clamp_bounds",
+    "inspect",
+    "valid_report",
+]
 
 _VALUE_KINDS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def clamp_bounds(
+    dtype: torch.dtype, low: float | None, high: float | None
+) -> tuple[float | None, float | None] | None:
+    """The bounds that clamp a tensor of ``dtype`` into ``[low, high]``, as values of the dtype.
+
+    ``torch.clamp`` raises when a bound lies beyond a floating dtype's range (``70000.0`` for
+    float16) and wraps an integer one silently (``min=-5`` clamps uint8 to 251). So each bound is
+    moved inside the dtype's range: the largest finite value for floats (no finite value of the
+    dtype lies beyond it anyway), rounded inwards and cut to the range for integers. Returns None
+    when no value of the dtype lies in ``[low, high]`` (such a schema is refused when built). A
+    None bound stays None.
+
+    Example:
+        >>> clamp_bounds(torch.float16, -1.0, 70000.0), clamp_bounds(torch.uint8, -5.0, 2.5)
+        ((-1.0, 65504.0), (0, 2))
+        >>> clamp_bounds(torch.int64, 0.2, 0.8) is None
+        True
+    """
+    if dtype == torch.bool:
+        return None, None  # no value rule applies to bool tensors
+    if dtype.is_floating_point:
+        finfo = torch.finfo(dtype)
+        if (low is not None and low > finfo.max) or (high is not None and high < finfo.min):
+            return None
+        return (None if low is None else max(low, finfo.min),
+                None if high is None else min(high, finfo.max))
+    iinfo = torch.iinfo(dtype)
+    lowest = iinfo.min if low is None else max(math.ceil(low), iinfo.min)
+    highest = iinfo.max if high is None else min(math.floor(high), iinfo.max)
+    if lowest > highest:
+        return None
+    return None if low is None else lowest, None if high is None else highest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +193,13 @@ def _value_hits(schema: TensorSchema, x: Tensor) -> list[RuleHits]:
     if schema.finite and x.is_floating_point():
         bad = ~torch.isfinite(flat)
         hits.append(_located(Rule.NON_FINITE, flat, bad, None))
-    if schema.min is not None:
-        hits.append(_located(Rule.MIN, flat, flat < schema.min, False))
-    if schema.max is not None:
-        hits.append(_located(Rule.MAX, flat, flat > schema.max, True))
+    # The bounds as values of x's dtype: torch rounds a bound beyond the dtype to +-inf (70000
+    # is inf in float16, and inf > inf is False), so +inf would pass a float16 max of 70000.
+    low, high = clamp_bounds(x.dtype, schema.min, schema.max) or (schema.min, schema.max)
+    if low is not None:
+        hits.append(_located(Rule.MIN, flat, flat < low, False))
+    if high is not None:
+        hits.append(_located(Rule.MAX, flat, flat > high, True))
     stats = schema.stats
     if stats is not None and tuple(x.shape[1:]) == schema.sample_shape():
         z = stats.zscores(flat)

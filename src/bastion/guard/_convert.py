@@ -21,7 +21,7 @@ from bastion.core.errors import InputValidationError
 if TYPE_CHECKING:
     from bastion.guard.schema import TensorSchema
 
-__all__ = ["DEFAULT_MAX_ELEMENTS", "as_tensor", "to_tensor"]
+__all__ = ["DEFAULT_MAX_ELEMENTS", "as_tensor", "native_order", "numpy_tensor", "to_tensor"]
 
 DEFAULT_MAX_ELEMENTS = 50_000_000
 """Largest number of values :func:`as_tensor` accepts unless told otherwise."""
@@ -33,6 +33,18 @@ def _refuse(message: str) -> InputValidationError:
     return InputValidationError(message, violations=[message])
 
 
+def native_order(x: np.ndarray) -> np.ndarray:
+    """``x`` in the machine's byte order: a copy with the same values when it is not (torch
+    cannot read a big-endian array on a little-endian machine), else ``x`` itself."""
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
+def numpy_tensor(x: np.ndarray) -> Tensor:
+    """A numeric numpy array as a tensor, sharing its memory when it is C-contiguous and in
+    native byte order (a big-endian array becomes a native copy with the same values)."""
+    return torch.from_numpy(np.ascontiguousarray(native_order(x)))
+
+
 def to_tensor(x: object) -> Tensor:
     """A tensor or numeric numpy array as a tensor (numpy shares memory); anything else raises."""
     if isinstance(x, Tensor):
@@ -40,7 +52,7 @@ def to_tensor(x: object) -> Tensor:
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in _NUMPY_KINDS and x.dtype != np.bool_:
             raise _refuse(f"expected a numeric array, got numpy dtype {x.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(x))
+        return numpy_tensor(x)
     raise _refuse(
         f"expected a tensor or numpy array, got {type(x).__name__}; convert nested lists with "
         "bastion.guard.as_tensor(obj, schema)"

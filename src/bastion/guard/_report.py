@@ -7,12 +7,27 @@ import enum
 import math
 from typing import Any
 
+from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result
 
-__all__ = ["DEFAULT_MAX_VIOLATIONS", "Rule", "ValidationReport", "Violation"]
+__all__ = [
+    "DEFAULT_MAX_VIOLATIONS",
+    "Rule",
+    "ValidationReport",
+    "Violation",
+    "check_max_violations",
+]
 
 DEFAULT_MAX_VIOLATIONS = 1000
 """How many violations a report lists; the per-rule totals in ``counts`` are always complete."""
+
+
+def check_max_violations(value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool): a report (and a rejection) must list at
+    least the first violation."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"max_violations must be an int >= 1, got {value!r}")
+    return value
 
 
 class Rule(str, enum.Enum):

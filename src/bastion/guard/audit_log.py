@@ -28,8 +28,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import json
+import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,8 +40,10 @@ import numpy as np
 import torch
 
 from bastion.core.atomic import atomic_open
-from bastion.core.errors import ConfigurationError
+from bastion.core.enums import parse_enum
+from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
+from bastion.guard._audit_inputs import digest_input, since_text
 from bastion.guard._audit_time import now_text as _now
 from bastion.guard._json_text import JsonText, canonical_text, object_text
 
@@ -53,34 +55,6 @@ class Outcome(enum.Enum):
 
     ANSWERED = "answered"
     REFUSED = "refused"
-
-
-def digest_input(data: torch.Tensor | np.ndarray | bytes | str) -> str:
-    """SHA-256 (hex) of an input's canonical bytes: dtype, shape and C-order little-endian data.
-
-    Equal tensors give equal digests whatever their device, strides or memory layout; bytes and
-    strings (UTF-8) are hashed as given.
-
-    Example:
-        >>> import torch
-        >>> digest_input(torch.zeros(2, 2)) == digest_input(torch.zeros(4).reshape(2, 2).t())
-        True
-    """
-    h = hashlib.sha256()
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        h.update(b"bastion-bytes-v1\0")
-        h.update(bytes(data))
-        return h.hexdigest()
-    if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().contiguous().numpy()
-    arr = np.ascontiguousarray(data)
-    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    header = json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape)}, sort_keys=True)
-    h.update(b"bastion-array-v1\0" + header.encode("ascii") + b"\0")
-    h.update(arr.tobytes(order="C"))
-    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,6 +87,8 @@ class AuditRecord(Result):
     monitors: Any = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.outcome, Outcome):
+            object.__setattr__(self, "outcome", parse_enum(Outcome, self.outcome, "outcome"))
         # The free-form fields become JSON values once, here, so that to_dict is a flat copy
         # instead of a second walk of every nested value. One C-codec round trip of the whole
         # record: its text (sorted keys, what the log stores) is kept for AuditLog.append,
@@ -155,20 +131,25 @@ class AuditRecord(Result):
         inputs: torch.Tensor | np.ndarray | bytes | str,
         request_id: str | None = None,
         api_key: str | None = None,
-        outcome: Outcome = Outcome.ANSWERED,
+        outcome: Outcome | str = Outcome.ANSWERED,
         reason: str | None = None,
         validation: Any = None,
         prediction: Any = None,
         checks: Any = None,
         monitors: Sequence[Any] | None = None,
     ) -> AuditRecord:
-        """Build a record now: digests ``inputs`` and turns results into JSON values."""
+        """Build a record now: digests ``inputs`` and turns results into JSON values.
+
+        Raises:
+            ConfigurationError: ``outcome`` is not ``"answered"`` or ``"refused"``.
+            InputValidationError: ``inputs`` cannot be digested (see :func:`digest_input`).
+        """
         return cls(
             request_id=request_id or uuid.uuid4().hex,
             time=_now(),
             input_digest=digest_input(inputs),
             api_key=api_key,
-            outcome=outcome,
+            outcome=parse_enum(Outcome, outcome, "outcome"),
             reason=reason,
             validation=validation,
             prediction=prediction,
@@ -178,11 +159,32 @@ class AuditRecord(Result):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            InputValidationError: ``data`` is not a mapping, lacks a required key, or its
+                outcome is neither ``"answered"`` nor ``"refused"``.
+        """
+        if not isinstance(data, Mapping):
+            raise _bad_record(f"an audit record must be a mapping, got {type(data).__name__}")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise _bad_record(f"an audit record needs the key(s) {missing}; got "
+                              f"{sorted(map(str, data))[:12]}")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values["outcome"] = Outcome(values.get("outcome", Outcome.ANSWERED.value))
+        try:
+            values["outcome"] = parse_enum(Outcome, values.get("outcome", "answered"), "outcome")
+        except ConfigurationError as error:
+            raise _bad_record(f"audit record: {error}") from None
         return cls(**values)
+
+
+_REQUIRED = ("request_id", "time", "input_digest")
+
+
+def _bad_record(message: str) -> InputValidationError:
+    return InputValidationError(message, violations=[message])
 
 
 _FREE_FORM = ("validation", "prediction", "checks", "monitors")
@@ -208,14 +210,6 @@ _ANSWERED_SLOTS = tuple(n for n, _ in _KEYS_SORTED
                         if n not in ("outcome", "reason", "schema_version"))
 
 
-def _since_text(since: dt.datetime | str | None) -> str | None:
-    if since is None or isinstance(since, str):
-        return since
-    if since.tzinfo is None:
-        raise ConfigurationError("since must be timezone-aware (audit times are UTC)")
-    return since.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 class AuditLog:
     """An append-only audit log; use :meth:`open` to get one.
 
@@ -236,7 +230,7 @@ class AuditLog:
         self._backend = backend
 
     @classmethod
-    def open(cls, target: str | Path, *, synchronous: str = "NORMAL") -> AuditLog:
+    def open(cls, target: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> AuditLog:
         """Open (creating if needed) a log: a file path or ``sqlite:///path``, or ``postgresql://``.
 
         Args:
@@ -250,9 +244,15 @@ class AuditLog:
                 write and one sync either way.
 
         Raises:
-            ConfigurationError: unknown URL scheme, or ``psycopg`` missing for PostgreSQL.
+            ConfigurationError: ``target`` is not a string or path, an unknown URL scheme, or
+                ``psycopg`` missing for PostgreSQL.
         """
-        text = str(target)
+        if not isinstance(target, (str, os.PathLike)):
+            raise ConfigurationError(
+                f"AuditLog.open takes a file path or URL (str or path), got {target!r:.80}")
+        text = os.fspath(target)
+        if not isinstance(text, str):  # a PathLike of bytes
+            raise ConfigurationError(f"AuditLog.open takes a str path, got {text!r:.80}")
         scheme = text.split("://", 1)[0].lower() if "://" in text else ""
         if scheme in ("postgresql", "postgres"):
             from bastion.guard._audit_postgres import PostgresBackend
@@ -333,9 +333,19 @@ class AuditLog:
         limit: int | None = None,
         api_key: str | None = None,
     ) -> list[AuditRecord]:
-        """Records in append order: from time ``since`` on, at most ``limit``, of one key name."""
-        if limit is not None and limit < 0:
-            raise ConfigurationError(f"limit must be >= 0, got {limit}")
+        """Records in append order: from time ``since`` on, at most ``limit``, of one key name.
+
+        Args:
+            since: a timezone-aware datetime or an ISO-8601 string with an offset (``Z`` too).
+            limit: an int >= 0, or None for all.
+            api_key: the key name, or None for every caller.
+
+        Raises:
+            ConfigurationError: an argument is none of the above.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise ConfigurationError(f"limit must be an int >= 0 or None, got {limit!r:.80}")
         return [AuditRecord.from_dict(json.loads(t)) for t in self._iter(since, limit, api_key)]
 
     def __len__(self) -> int:
@@ -367,7 +377,10 @@ class AuditLog:
     def _iter(
         self, since: dt.datetime | str | None, limit: int | None, api_key: str | None
     ) -> Iterator[str]:
-        return iter(self._backend.records(_since_text(since), limit, api_key))
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigurationError(f"api_key must be a key name (str) or None, got "
+                                     f"{api_key!r:.80}")
+        return iter(self._backend.records(since_text(since), limit, api_key))
 
     def close(self) -> None:
         """Close the underlying connection(s)."""

@@ -33,6 +33,7 @@ from torch import Tensor
 from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result, to_jsonable
+from bastion.guard._convert import numpy_tensor
 
 __all__ = ["FLAGS", "OutputChecker", "OutputKind", "OutputReport"]
 
@@ -135,6 +136,23 @@ class OutputReport(Result):
         }
 
 
+def _range(value: object) -> tuple[float, float]:
+    """``(low, high)``: two numbers (not bools), neither NaN, low < high."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+    bounds: list[float] = []
+    for v in pair:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                bounds.append(float(v))
+            except OverflowError:  # an int beyond a float: same as +-inf
+                bounds.append(math.copysign(math.inf, v))
+    if not (len(pair) == len(bounds) == 2 and not math.isnan(bounds[0])
+            and not math.isnan(bounds[1]) and bounds[0] < bounds[1]):
+        raise ConfigurationError(f"OutputChecker: range must be (low, high), two numbers with "
+                                 f"low < high, got {value!r:.80}")
+    return bounds[0], bounds[1]
+
+
 def _fraction(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ConfigurationError(f"OutputChecker: {name} must be in [0, 1], got {value!r}")
@@ -178,12 +196,7 @@ class OutputChecker:
         object.__setattr__(self, "min_margin", _fraction(self.min_margin, "min_margin"))
         object.__setattr__(self, "expect", OutputKind.parse(self.expect))
         if self.range is not None:
-            low, high = self.range
-            if not (isinstance(low, (int, float)) and isinstance(high, (int, float))
-                    and not math.isnan(low) and not math.isnan(high) and low < high):
-                raise ConfigurationError(f"OutputChecker: range must be (low, high) with "
-                                         f"low < high, got {self.range!r}")
-            object.__setattr__(self, "range", (float(low), float(high)))
+            object.__setattr__(self, "range", _range(self.range))
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
             raise ConfigurationError(f"OutputChecker: tol must be in (0, 1), got {self.tol!r}")
 
@@ -198,7 +211,7 @@ class OutputChecker:
         expect = OutputKind.parse(self.expect)
         out: object = outputs
         if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "iuf":
-            out = torch.from_numpy(np.ascontiguousarray(outputs))
+            out = numpy_tensor(outputs)  # (a big-endian array: a native copy, same values)
         if not isinstance(out, Tensor) or out.dtype == torch.bool or out.is_complex():
             kind = type(outputs).__name__ if not isinstance(out, Tensor) else str(out.dtype)
             return self._broken(expect, 0, None, f"outputs must be a real tensor, got {kind}")

@@ -31,7 +31,6 @@ import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,7 +41,14 @@ from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
 from bastion.guard import _checks
 from bastion.guard._convert import as_tensor
-from bastion.guard._report import DEFAULT_MAX_VIOLATIONS, Rule, ValidationReport
+from bastion.guard._dataset import collect_columns
+from bastion.guard._guard_args import check_fill, check_logger, default_sample
+from bastion.guard._report import (
+    DEFAULT_MAX_VIOLATIONS,
+    Rule,
+    ValidationReport,
+    check_max_violations,
+)
 from bastion.guard.schema import TensorSchema
 
 __all__ = [
@@ -150,22 +156,25 @@ class InputGuard:
     Args:
         schema: the schema every batch must satisfy.
         policy: ``"reject"``, ``"repair"`` or ``"substitute"`` (or an :class:`InvalidDataPolicy`).
-        default: the safe sample (shape ``schema.shape[1:]``) for ``substitute``.
-        logger: where actions are logged; default the ``bastion.guard`` logger.
+        default: the safe sample (shape ``schema.shape[1:]``) for ``substitute``: a tensor, a
+            numeric numpy array or nested lists of numbers.
+        logger: where actions are logged (a ``logging.Logger`` or ``LoggerAdapter``); default
+            the ``bastion.guard`` logger.
         fill: for ``repair``, the value that replaces NaN (and +-inf without a bound); default
             the feature mean when the schema has stats, else 0 clipped into the range.
-        max_violations: how many violations a report (and a rejection) lists.
+        max_violations: how many violations a report (and a rejection) lists, >= 1.
 
     Raises:
-        ConfigurationError: unknown policy, a missing or invalid default, or a fill value
-            outside the range.
+        ConfigurationError: unknown policy, a missing or invalid default, a fill value outside
+            the range (or beyond a floating dtype of the schema), a logger that is not one, or
+            ``max_violations`` not an int >= 1.
     """
 
     schema: TensorSchema
     _: dataclasses.KW_ONLY
     policy: InvalidDataPolicy | str = InvalidDataPolicy.REJECT
     default: Tensor | None = None
-    logger: logging.Logger | None = None
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
     fill: float | None = None
     max_violations: int = DEFAULT_MAX_VIOLATIONS
 
@@ -174,20 +183,16 @@ class InputGuard:
             raise ConfigurationError(f"InputGuard needs a TensorSchema, got {self.schema!r}")
         policy = InvalidDataPolicy.parse(self.policy)
         object.__setattr__(self, "policy", policy)
+        check_max_violations(self.max_violations)
         if self.logger is None:
             object.__setattr__(self, "logger", logging.getLogger(LOGGER_NAME))
+        check_logger(self.logger)
         if self.fill is not None:
-            low, high = self.schema.min, self.schema.max
-            if not (isinstance(self.fill, (int, float)) and math.isfinite(self.fill)
-                    and (low is None or self.fill >= low) and (high is None or self.fill <= high)):
-                raise ConfigurationError(
-                    f"fill must be a finite number within [min, max] = [{low}, {high}], "
-                    f"got {self.fill!r}"
-                )
+            check_fill(self.fill, self.schema)
         if policy is InvalidDataPolicy.SUBSTITUTE:
             if self.default is None:
                 raise ConfigurationError("policy 'substitute' needs a default sample")
-            default = torch.as_tensor(self.default)
+            default = default_sample(self.default)
             report = self.schema.validate(default.unsqueeze(0))
             if not report.ok:
                 problems = "; ".join(v.message for v in report.violations[:3])
@@ -287,8 +292,9 @@ class InputGuard:
         actions: list[Action] = []
         if Rule.NON_FINITE in hits:
             fill = self._nan_fill(flat).expand_as(flat)
-            top = fill if schema.max is None else torch.full_like(flat, schema.max)
-            bottom = fill if schema.min is None else torch.full_like(flat, schema.min)
+            low, high = self._bounds(flat)
+            top = fill if high is None else torch.full_like(flat, high)
+            bottom = fill if low is None else torch.full_like(flat, low)
             flat = torch.where(torch.isnan(flat), fill, flat)
             flat = torch.where(flat == math.inf, top, torch.where(flat == -math.inf, bottom, flat))
             actions += _actions(hits[Rule.NON_FINITE], ActionKind.FILL,
@@ -314,11 +320,15 @@ class InputGuard:
         actions.sort(key=lambda a: a.sample_index or 0)
         return flat.reshape(x.shape), actions
 
+    def _bounds(self, flat: Tensor) -> tuple[float | None, float | None]:
+        """The schema's range as bounds of ``flat``'s dtype (one of the schema's dtypes, whose
+        range the schema checked when built; see :func:`_checks.clamp_bounds`)."""
+        bounds = _checks.clamp_bounds(flat.dtype, self.schema.min, self.schema.max)
+        assert bounds is not None
+        return bounds
+
     def _clamp_range(self, flat: Tensor) -> Tensor:
-        low, high = self.schema.min, self.schema.max
-        if not flat.is_floating_point():
-            low = None if low is None else math.ceil(low)
-            high = None if high is None else math.floor(high)
+        low, high = self._bounds(flat)
         if low is None and high is None:
             return flat
         return flat.clamp(min=low, max=high)
@@ -345,34 +355,23 @@ def _actions(hit: _checks.RuleHits, kind: ActionKind, template: str) -> list[Act
     ]
 
 
-def _collect(data: object) -> list[Tensor]:
-    if isinstance(data, Tensor):
-        return [data]
-    if isinstance(data, Sequence) and data and all(isinstance(t, Tensor) for t in data):
-        return list(data)
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # a map-style Dataset
-        items = [data[i] for i in range(len(data))]
-        if not items:
-            raise InputValidationError("guard_dataset: the dataset is empty")
-        rows = [item if isinstance(item, (tuple, list)) else (item,) for item in items]
-        return [torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in range(len(rows[0]))]
-    raise InputValidationError(
-        f"guard_dataset: expected a tensor, a sequence of tensors or a Dataset, got "
-        f"{type(data).__name__}"
-    )
-
-
 def guard_dataset(data: object, guard: InputGuard) -> tuple[tuple[Tensor, ...], GuardResult]:
     """Guard training data: the inputs (the first tensor) go through ``guard``, the rest pass.
 
     Args:
-        data: a tensor of inputs, a sequence ``(x, y, ...)`` of tensors with samples first, or a
-            map-style dataset whose items are tensors or tuples of tensors/numbers.
+        data: a tensor of inputs, a sequence ``(x, y, ...)`` of tensors with samples first (all
+            of the same length), or a map-style dataset whose items are tensors or tuples of
+            tensors/numbers of the same shapes (indexed 0 to ``len - 1``; not a mapping).
         guard: the guard to apply; ``reject`` raises on the first invalid dataset.
 
     Returns:
         ``((x_clean, y, ...), result)``: the guarded inputs with the other tensors unchanged,
         and the guard's result (report and actions, with dataset-wide sample indices).
+
+    Raises:
+        ConfigurationError: ``guard`` is not an :class:`InputGuard`.
+        InputValidationError: ``data`` is none of the above (its message says why), or the
+            guard rejects the inputs.
 
     Example:
         >>> from bastion.guard.schema import TensorSchema
@@ -382,6 +381,8 @@ def guard_dataset(data: object, guard: InputGuard) -> tuple[tuple[Tensor, ...], 
         >>> x.tolist(), y.tolist(), result.changed_samples
         ([[0.5], [1.0]], [0, 1], (1,))
     """
-    tensors = _collect(data)
+    if not isinstance(guard, InputGuard):
+        raise ConfigurationError(f"guard_dataset needs an InputGuard, got {guard!r:.80}")
+    tensors = collect_columns(data)
     result = guard.guard(tensors[0])
     return (result.x, *tensors[1:]), result

@@ -36,7 +36,14 @@ from bastion.core.atomic import atomic_write_text
 from bastion.core.errors import ConfigurationError
 from bastion.guard import _checks
 from bastion.guard._convert import as_tensor, to_tensor
-from bastion.guard._report import DEFAULT_MAX_VIOLATIONS, Rule, ValidationReport, Violation
+from bastion.guard._feature_stats import FeatureStats
+from bastion.guard._report import (
+    DEFAULT_MAX_VIOLATIONS,
+    Rule,
+    ValidationReport,
+    Violation,
+    check_max_violations,
+)
 from bastion.guard._schema_io import (
     check_type,
     dtype_name,
@@ -56,90 +63,19 @@ __all__ = [
     "as_tensor",
 ]
 
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class FeatureStats:
-    """Per-feature mean and standard deviation of reference data, with a z-score limit.
-
-    A sample breaks the rule when the root mean square of its features' z-scores,
-    ``sqrt(mean_f ((x_f - mean_f) / std_f) ** 2)``, exceeds ``z_limit``. The mean over features
-    (rather than the largest single z-score) keeps images usable: a pixel that is always 0 in the
-    reference would otherwise reject every digit that touches it.
-
-    Attributes:
-        mean: (F,) float32, F = the number of elements of one sample, in ``reshape`` order.
-        std: (F,) float32, all > 0 (floor small ones before building the stats).
-        z_limit: the largest root-mean-square z-score a valid sample may have.
-    """
-
-    mean: Tensor
-    std: Tensor
-    z_limit: float
-    # (device, dtype) -> (mean, 1 / std), built once: the request path must not re-convert
-    _scaled: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = dataclasses.field(
-        init=False, repr=False, compare=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        mean = torch.as_tensor(self.mean, dtype=torch.float32).detach().cpu().reshape(-1)
-        std = torch.as_tensor(self.std, dtype=torch.float32).detach().cpu().reshape(-1)
-        if mean.shape != std.shape:
-            raise ConfigurationError(
-                f"stats: 'mean' and 'std' need the same length, got {len(mean)} and {len(std)}"
-            )
-        if not bool(torch.isfinite(mean).all()):
-            raise ConfigurationError("stats: 'mean' must be finite")
-        if not bool((torch.isfinite(std) & (std > 0)).all()):
-            raise ConfigurationError("stats: every 'std' must be finite and > 0")
-        if not (isinstance(self.z_limit, (int, float)) and 0 < self.z_limit < math.inf):
-            raise ConfigurationError(f"stats: 'z_limit' must be > 0, got {self.z_limit!r}")
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        object.__setattr__(self, "z_limit", float(self.z_limit))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FeatureStats):
-            return NotImplemented
-        return (self.z_limit == other.z_limit and torch.equal(self.mean, other.mean)
-                and torch.equal(self.std, other.std))
-
-    def __hash__(self) -> int:
-        return hash((self.z_limit, len(self.mean)))
-
-    def zscores(self, flat: Tensor) -> Tensor:
-        """(B, F) z-scores of flattened samples; NaN counts as 0 (finiteness is its own rule)."""
-        dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-        z = (flat.to(dtype) - self.mean.to(flat.device, dtype)) / self.std.to(flat.device, dtype)
-        return torch.nan_to_num(z, nan=0.0)
-
-    def max_rms(self, flat: Tensor) -> float:
-        """The largest per-sample root-mean-square z-score of finite ``(B, F)`` samples.
-
-        Computed as ``||(x - mean) * (1 / std)|| / sqrt(F)`` with the converted mean and
-        reciprocal std cached per device and dtype: four ops at any batch size (three at 1).
-        """
-        dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-        key = (flat.device, dtype)
-        pair = self._scaled.get(key)
-        if pair is None:
-            inv_std = (1.0 / self.std.double()).to(flat.device, dtype)
-            pair = (self.mean.to(flat.device, dtype), inv_std)
-            self._scaled[key] = pair
-        mean, inv_std = pair
-        values = flat if flat.dtype == dtype else flat.to(dtype)
-        norms = torch.linalg.vector_norm((values - mean) * inv_std, dim=1)
-        worst = norms if norms.shape[0] == 1 else norms.max()  # one op less at batch 1
-        return float(worst) / math.sqrt(flat.shape[1])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "z_limit": self.z_limit}
-
 
 def _number(value: float | None, key: str) -> float | None:
     if value is None:
         return None
     check_type(value, key, (int, float), "schema")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range (JSON and TOML allow any size)
+        raise ConfigurationError(f"schema: key {key!r} must be a finite number, got an int of "
+                                 f"{int(value).bit_length()} bits") from None
+    if not math.isfinite(number):
         raise ConfigurationError(f"schema: key {key!r} must be finite, got {value!r}")
-    return float(value)
+    return number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,6 +123,12 @@ class TensorSchema:
         object.__setattr__(self, "dtype", dtypes)
         object.__setattr__(self, "min", low)
         object.__setattr__(self, "max", high)
+        for dtype in dtypes:  # a range no value of an allowed dtype lies in cannot be repaired into
+            if dtype != torch.bool and _checks.clamp_bounds(dtype, low, high) is None:
+                raise ConfigurationError(
+                    f"schema: no {dtype_name(dtype)} value lies within ['min', 'max'] = "
+                    f"[{low}, {high}]; widen the range or drop that dtype"
+                )
         if self.stats is not None:
             self._check_stats(self.stats)
 
@@ -207,6 +149,11 @@ class TensorSchema:
         high = math.inf if self.max is None else self.max
         if bool(((stats.mean < low) | (stats.mean > high)).any()):
             raise ConfigurationError("schema: 'stats' mean lies outside ['min', 'max']")
+        for dtype in self.dtypes:
+            if dtype.is_floating_point and bool(
+                    (stats.mean.abs() > torch.finfo(dtype).max).any()):
+                raise ConfigurationError(
+                    f"schema: 'stats' mean lies outside the range of {dtype_name(dtype)}")
 
     @property
     def dtypes(self) -> tuple[torch.dtype, ...]:
@@ -239,12 +186,14 @@ class TensorSchema:
 
         Raises:
             InputValidationError: ``x`` is neither a tensor nor a numeric numpy array.
+            ConfigurationError: ``max_violations`` is not an int >= 1.
 
         Example:
             >>> schema = TensorSchema(shape=("batch", "n", "n"))
             >>> [v.rule.value for v in schema.validate(torch.zeros(2, 3, 4)).violations]
             ['named_dim']
         """
+        check_max_violations(max_violations)
         tensor = to_tensor(x)
         if _checks.certainly_valid(self, tensor):
             return _checks.valid_report(self, tensor)
@@ -287,6 +236,8 @@ class TensorSchema:
             )
         if ref.is_floating_point() and not bool(torch.isfinite(ref).all()):
             raise ConfigurationError("infer: reference data holds NaN or inf; clean it first")
+        if bounds is not None and not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+            raise ConfigurationError(f"infer: bounds must be (min, max), got {bounds!r:.80}")
         wide = ref.reshape(ref.shape[0], -1).double()
         low, high = bounds if bounds is not None else (float(wide.min()), float(wide.max()))
         feature_stats = None
@@ -341,10 +292,11 @@ class TensorSchema:
                 values = require(stats, key, list, f"{where} [stats]")
                 for v in values:
                     check_type(v, f"stats.{key}", (int, float), where)
-            limit = require(stats, "z_limit", (int, float), f"{where} [stats]")
-            stats = FeatureStats(mean=torch.tensor(stats["mean"]),
-                                 std=torch.tensor(stats["std"]), z_limit=limit)
-        try:
+            require(stats, "z_limit", (int, float), f"{where} [stats]")
+        try:  # every error below names the file (``where``) too
+            if stats is not None:
+                stats = FeatureStats(mean=stats["mean"], std=stats["std"],
+                                     z_limit=stats["z_limit"])
             return cls(
                 shape=tuple(shape),
                 dtype=tuple(parse_dtype(d) for d in dtypes),

@@ -108,7 +108,12 @@ class TextPolicy:
         max_chars: largest length of the cleaned text in code points, or None.
         max_bytes: largest input size in UTF-8 bytes, or None.
         too_long: ``reject`` or ``truncate`` over-long input.
-        max_reported: how many changes are listed (``counts`` stays complete).
+        max_reported: how many changes are listed, >= 0 (``counts`` stays complete).
+
+    Raises:
+        ConfigurationError: a field is not of its type (a bool for ``normalize``, a string of
+            control characters for ``keep_controls``, ints for the limits) or not one of its
+            actions; the message names the field and the value.
     """
 
     invalid_utf8: TextAction | str = TextAction.REPLACE
@@ -134,13 +139,22 @@ class TextPolicy:
         }
         for field, allowed in choices.items():
             object.__setattr__(self, field, TextAction.parse(getattr(self, field), field, allowed))
-        for field in ("max_chars", "max_bytes"):
+        for field, least, optional in (("max_chars", 1, True), ("max_bytes", 1, True),
+                                       ("max_reported", 0, False)):
             limit = getattr(self, field)
-            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                      or limit < 1):
-                raise ConfigurationError(f"TextPolicy.{field} must be an int >= 1 or None")
-        if not all(unicodedata.category(c) == "Cc" for c in self.keep_controls):
-            raise ConfigurationError("TextPolicy.keep_controls may hold only control characters")
+            if (limit is None and optional) or (isinstance(limit, int) and not isinstance(
+                    limit, bool) and limit >= least):
+                continue
+            also = " or None" if optional else ""
+            raise ConfigurationError(
+                f"TextPolicy.{field} must be an int >= {least}{also}, got {limit!r:.80}")
+        if not isinstance(self.normalize, bool):
+            raise ConfigurationError(
+                f"TextPolicy.normalize must be True or False, got {self.normalize!r:.80}")
+        keep = self.keep_controls
+        if not (isinstance(keep, str) and all(unicodedata.category(c) == "Cc" for c in keep)):
+            raise ConfigurationError(f"TextPolicy.keep_controls must be a string of control "
+                                     f"characters (such as '\\n\\t'), got {keep!r:.80}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -302,6 +316,9 @@ def _limit_chars(text: str, policy: TextPolicy, rec: _Recorder) -> str:
     return text
 
 
+_DEFAULT_POLICY = TextPolicy()
+
+
 def sanitize_text(data: bytes | str, *, policy: TextPolicy | None = None) -> TextResult:
     """Clean untrusted text and say what was changed; see the module docstring for the steps.
 
@@ -313,6 +330,10 @@ def sanitize_text(data: bytes | str, *, policy: TextPolicy | None = None) -> Tex
         The result; never raises for any ``data``. When ``rejected``, ``text`` is empty and
         ``reasons`` says why, while ``changes`` lists what was found.
 
+    Raises:
+        ConfigurationError: ``policy`` is not a :class:`TextPolicy` (a wrong argument of the
+            caller, not of the text).
+
     Example:
         >>> r = sanitize_text(b"pay\\xff " + "раypal\\u200b".encode())
         >>> r.text, sorted(r.counts)
@@ -320,7 +341,11 @@ def sanitize_text(data: bytes | str, *, policy: TextPolicy | None = None) -> Tex
         >>> sanitize_text("x" * 10, policy=TextPolicy(max_chars=4)).reasons
         ('text is 10 characters, more than the limit of 4',)
     """
-    policy = policy or TextPolicy()
+    if policy is None:
+        policy = _DEFAULT_POLICY
+    elif not isinstance(policy, TextPolicy):
+        raise ConfigurationError(f"sanitize_text: policy must be a TextPolicy or None, got "
+                                 f"{policy!r:.80}")
     rec = _Recorder(policy.max_reported)
     raw = _to_bytes(data, policy, rec)
     if raw is None:
