@@ -128,6 +128,8 @@ def test_small_batch_fast_path_answers_the_plain_case_and_defers_when_in_doubt()
         (torch.zeros(2, 5), "5 classes, expected 3"),
         (torch.zeros(2, 3, dtype=torch.bool), "real tensor"),
         ([[0.1, 0.9]], "real tensor"),
+        (torch.eye(3)[:2].to_sparse(), "dense tensor, got sparse_coo"),
+        (torch.empty(2, 3, device="meta"), "dense tensor, got meta"),
     ],
 )
 def test_batch_problems_are_reported_not_raised(outputs: object, problem: str) -> None:

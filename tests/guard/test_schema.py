@@ -352,6 +352,23 @@ def test_validate_refuses_a_bad_violation_cap(bad: object) -> None:
         schema.validate(torch.ones(3, 2), max_violations=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: torch.eye(2).to_sparse(), "sparse_coo"),
+        (lambda: torch.eye(2).to_sparse_csr(), "sparse_csr"),
+        (lambda: torch.empty(2, 2, device="meta"), "meta"),
+    ],
+)
+def test_tensors_without_dense_values_are_refused_clearly(make: object, kind: str) -> None:
+    schema = TensorSchema(shape=("batch", 2), min=0.0, max=1.0)
+    x = make()  # type: ignore[operator]
+    with pytest.raises(InputValidationError, match=f"got a {kind} tensor"):
+        schema.validate(x)
+    with pytest.raises(InputValidationError, match=f"got a {kind} tensor"):
+        as_tensor(x, schema)
+
+
 def test_big_endian_arrays_are_judged_like_their_native_copy() -> None:
     native = np.array([[0.5, 2.0], [np.nan, 0.25], [-1.0, 0.0]], dtype=np.float32)
     big = native.astype(">f4")

@@ -48,6 +48,10 @@ def numpy_tensor(x: np.ndarray) -> Tensor:
 def to_tensor(x: object) -> Tensor:
     """A tensor or numeric numpy array as a tensor (numpy shares memory); anything else raises."""
     if isinstance(x, Tensor):
+        if x.layout is not torch.strided or x.is_meta:  # no values to judge in place
+            kind = "meta" if x.is_meta else str(x.layout).removeprefix("torch.")
+            raise _refuse(f"expected a dense tensor with values, got a {kind} tensor; convert "
+                          "it first (e.g. x.to_dense())")
         return x
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in _NUMPY_KINDS and x.dtype != np.bool_:

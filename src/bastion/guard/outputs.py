@@ -215,6 +215,9 @@ class OutputChecker:
         if not isinstance(out, Tensor) or out.dtype == torch.bool or out.is_complex():
             kind = type(outputs).__name__ if not isinstance(out, Tensor) else str(out.dtype)
             return self._broken(expect, 0, None, f"outputs must be a real tensor, got {kind}")
+        if out.layout is not torch.strided or out.is_meta:  # no values to check in place
+            kind = "meta" if out.is_meta else str(out.layout).removeprefix("torch.")
+            return self._broken(expect, 0, None, f"outputs must be a dense tensor, got {kind}")
         batch = int(out.shape[0]) if out.dim() else 0
         if out.dim() != 2:
             return self._broken(expect, batch, None,

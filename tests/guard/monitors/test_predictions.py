@@ -171,6 +171,18 @@ def test_prediction_monitor_arguments_are_checked_at_construction(
         make()
 
 
+def test_a_suite_refuses_inputs_and_outputs_of_different_batches() -> None:
+    g = torch.Generator().manual_seed(1)
+    suite = MonitorSuite([KSDrift(calibration=CAL), ClassDrift(calibration=CAL)])
+    with pytest.raises(InputValidationError, match="inputs have 600 samples but outputs 599"):
+        suite.fit(torch.randn(600, 4, generator=g), torch.randn(599, 3, generator=g))
+    suite.fit(torch.randn(600, 4, generator=g), torch.randn(600, 3, generator=g))
+    before = suite.state()
+    with pytest.raises(InputValidationError, match="inputs have 50 samples but outputs 49"):
+        suite.update(torch.randn(50, 4, generator=g), torch.randn(49, 3, generator=g))
+    assert suite.state() == before  # refused before any monitor saw the batch
+
+
 def test_a_suite_of_a_generator_keeps_its_monitors() -> None:
     suite = MonitorSuite(m for m in [KSDrift(), ClassDrift()])  # read once, not twice
     assert [m.name for m in suite.monitors] == ["input_ks", "prediction_classes"]

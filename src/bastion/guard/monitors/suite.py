@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from bastion.core.errors import ConfigurationError
+from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard.monitors._base import Monitor, MonitorResult, Source
 
 __all__ = ["MonitorSuite"]
@@ -79,14 +79,14 @@ class MonitorSuite:
 
     def fit(self, inputs: Tensor, outputs: Tensor | None = None) -> MonitorSuite:
         """Fit every monitor on reference inputs (and the model's outputs on them)."""
-        self._check_outputs(outputs)
+        self._check_outputs(inputs, outputs)
         for m in self.monitors:
             m.fit(inputs if m.source is Source.INPUTS else outputs)  # type: ignore[arg-type]
         return self
 
     def update(self, inputs: Tensor, outputs: Tensor | None = None) -> tuple[MonitorResult, ...]:
         """Feed one batch to every monitor and return their results, in suite order."""
-        self._check_outputs(outputs)
+        self._check_outputs(inputs, outputs)
         with self._lock:
             return tuple(
                 m.update(inputs if m.source is Source.INPUTS else outputs)  # type: ignore[arg-type]
@@ -112,7 +112,24 @@ class MonitorSuite:
         )
         return {"schema_version": 1, "monitors": monitors, "alarms": alarms}
 
-    def _check_outputs(self, outputs: Tensor | None) -> None:
-        if outputs is None and self.needs_outputs:
-            names = [m.name for m in self.monitors if m.source is Source.OUTPUTS]
-            raise ConfigurationError(f"monitors {names} watch model outputs; pass outputs")
+    def _check_outputs(self, inputs: Tensor, outputs: Tensor | None) -> None:
+        if outputs is None:
+            if self.needs_outputs:
+                names = [m.name for m in self.monitors if m.source is Source.OUTPUTS]
+                raise ConfigurationError(f"monitors {names} watch model outputs; pass outputs")
+            return
+        n_in, n_out = _samples(inputs), _samples(outputs)
+        if n_in is not None and n_out is not None and n_in != n_out:
+            # the monitors would see two different batches as one: refuse before any is fed
+            raise InputValidationError(
+                f"inputs have {n_in} samples but outputs {n_out}; pass the model's outputs "
+                "on these inputs"
+            )
+
+
+def _samples(x: object) -> int | None:
+    """The number of samples of a batch (its first dimension), or None when it has none."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    return len(x) if isinstance(x, (list, tuple)) else None
