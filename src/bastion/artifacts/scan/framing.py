@@ -66,8 +66,10 @@ def _numpy_dtype(value: Any) -> tuple[int, bool] | None:
     elsize = state[5] if len(state) > 5 and isinstance(state[5], int) else -1
     if kind == "O":
         return 8, True
-    if len(state) > 2 and state[2] is not None:
-        return None  # a subarray dtype: sized by its base and shape, not judged here
+    if len(state) > 2 and state[2] is not None:  # a subarray: elsize is base size * shape
+        sub = state[2]  # (the walker refuses an elsize numpy would not write for them)
+        base = _numpy_dtype(sub[0]) if isinstance(sub, tuple) and sub else None
+        return (elsize, base[1]) if base is not None and elsize > 0 else None
     if fields is not None:  # structured: every field's dtype decides whether objects hide
         if not isinstance(fields, DictValue) or elsize <= 0:
             return None

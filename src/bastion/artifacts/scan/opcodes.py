@@ -21,6 +21,7 @@ from typing import Any
 from bastion.artifacts.scan.bounds import excessive_call
 from bastion.artifacts.scan.context import ScanContext
 from bastion.artifacts.scan.findings import Severity
+from bastion.artifacts.scan.numpy_dtypes import check_dtype_build, check_dtype_call
 from bastion.artifacts.scan.policy import ImportClass, normalise
 from bastion.artifacts.scan.streamchecks import (
     TYPE_TAGS,
@@ -133,6 +134,7 @@ class _Machine:
         turn, and any nested pickle or archive passed to it as bytes."""
         self._callee(func, op, pos)
         self._arguments(func, args, op, pos)
+        check_dtype_call(self.ctx, func, args, self._at(pos))
         for inner, inner_args in forwarded_calls(func, args):
             via = f"{op} of {func.module}.{func.name}"
             self._callee(inner, via, pos)
@@ -317,6 +319,7 @@ class _Machine:
                          getattr(obj, "module", None), getattr(obj, "name", None))
             return
         if isinstance(obj, Call):
+            check_dtype_build(self.ctx, obj, state, self._at(pos))
             obj.state = state
             if self.hook is not None:
                 self.hook(obj, reader, self.loc, (self.stack, self.marks, self.memo))
