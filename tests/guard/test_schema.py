@@ -360,6 +360,7 @@ def test_validate_refuses_a_bad_violation_cap(bad: object) -> None:
         (lambda: torch.empty(2, 2, device="meta"), "meta"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_tensors_without_dense_values_are_refused_clearly(make: object, kind: str) -> None:
     schema = TensorSchema(shape=("batch", 2), min=0.0, max=1.0)
     x = make()  # type: ignore[operator]
