@@ -28,7 +28,7 @@ def test_reads_toml_and_json_by_suffix(tmp_path: Path) -> None:
         ("bad.toml", b"a = [", "schema file .*bad.toml is not valid TOML"),
         ("bad.json", b"{", "schema file .*bad.json is not valid JSON"),
         ("latin.toml", b'a = "\xe9"', "schema file .*latin.toml cannot be read"),
-        ("dir.json", "dir", "schema file .*dir.json cannot be read"),
+        ("dir.json", "dir", "schema file .*dir.json is not a regular file"),
         ("deep.json", b"[" * 100_000, "schema file .*deep.json is not valid JSON: nested too"),
         ("deep.toml", b"a = " + b"[" * 100_000, "schema file .*deep.toml is not valid TOML"),
         ("huge.json", b'{"min": 1' + b"0" * 5000 + b"}", "schema file .*huge.json is not valid"),
@@ -45,6 +45,21 @@ def test_every_failure_names_the_file(
         path.write_bytes(content)
     with pytest.raises(ConfigurationError, match=message):
         read_config_file(path, "schema")
+
+
+def test_special_and_huge_files_are_refused_without_reading_them(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "rules.toml"
+    os.mkfifo(fifo)  # nobody writes: a blocking open or read would hang the test
+    with pytest.raises(ConfigurationError, match="rules.toml is not a regular file"):
+        read_config_file(fifo, "alerts")
+    with pytest.raises(ConfigurationError, match="/dev/zero is not a regular file"):
+        read_config_file("/dev/zero", "policy", json_allowed=False)
+    big = tmp_path / "big.json"
+    big.write_bytes(b"[" + b"0," * (9 << 20) + b"0]")  # 18 MiB of valid JSON
+    with pytest.raises(ConfigurationError, match="big.json is larger than 16 MiB"):
+        read_config_file(big, "schema")
 
 
 def test_toml_only_ignores_the_suffix(tmp_path: Path) -> None:

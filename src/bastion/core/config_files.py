@@ -8,6 +8,8 @@ parser traceback.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["read_config_file"]
+__all__ = ["MAX_CONFIG_BYTES", "read_config_file"]
+
+MAX_CONFIG_BYTES = 16 << 20
+"""Largest configuration file read (a schema with per-feature statistics of a large input is a
+few MB); a FIFO, a device or a bigger file is refused before it is read."""
 
 
 def read_config_file(path: str | Path, what: str, *, json_allowed: bool = True) -> Any:
@@ -42,7 +48,7 @@ def read_config_file(path: str | Path, what: str, *, json_allowed: bool = True) 
             f"{what} file {file}: unknown format {file.suffix!r}; use a .toml or .json file"
         )
     try:
-        text = file.read_text(encoding="utf-8")
+        text = _read_regular(file, what)
     except FileNotFoundError:
         raise ConfigurationError(f"{what} file {file} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -55,3 +61,24 @@ def read_config_file(path: str | Path, what: str, *, json_allowed: bool = True) 
         kind = "JSON" if as_json else "TOML"
         reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise ConfigurationError(f"{what} file {file} is not valid {kind}: {reason}") from None
+
+
+def _read_regular(file: Path, what: str) -> str:
+    """The UTF-8 text of a regular file of at most :data:`MAX_CONFIG_BYTES` (opened without
+    blocking, so a FIFO cannot hang the reader, and read to one byte past the cap)."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise ConfigurationError(f"{what} file {file} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigurationError(
+            f"{what} file {file} is larger than {MAX_CONFIG_BYTES >> 20} MiB; not read"
+        )
+    return data.decode("utf-8")
