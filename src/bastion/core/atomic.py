@@ -9,7 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from bastion.core.errors import ConfigurationError
+
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+
+
+_NAME_KEEP = 100  # characters of the target's name kept in the temporary name (NAME_MAX 255)
+
+
+def _refused(what: str, path: Path, err: OSError) -> ConfigurationError:
+    reason = err.strerror or type(err).__name__
+    return ConfigurationError(f"cannot write {path}: {what} ({reason})")
 
 
 @contextlib.contextmanager
@@ -19,17 +29,35 @@ def atomic_open(path: str | Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
     The data is flushed and fsynced before the rename, so a crash leaves either the previous
     content or the complete new content. On an exception the temporary file is removed and
     ``path`` is untouched.
+
+    Raises:
+        ConfigurationError: ``path`` is a directory, or its folder cannot be created or written
+            (checked before the caller writes anything); or the final rename fails.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise ConfigurationError(f"cannot write {target}: it is a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _refused(f"its folder {target.parent} cannot be created", target, err) from None
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name[:_NAME_KEEP]}.", suffix=".tmp", dir=target.parent
+        )
+    except OSError as err:
+        raise _refused(f"no file can be created in {target.parent}", target, err) from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
+        try:
+            os.replace(tmp_name, target)
+        except OSError as err:
+            raise _refused("the finished file could not be moved into place", target,
+                           err) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
