@@ -17,6 +17,7 @@ from _helpers.custom_classes import Checkpoint, EnvProbe, Spinner, Writer
 from _helpers.payloads import build
 from bastion.artifacts.convert import convert
 from bastion.artifacts.isolate import IsolationLimits
+from bastion.core.errors import ConfigurationError
 
 
 def test_safe_checkpoint_converts_with_scalars_in_metadata(tmp_path: Path) -> None:
@@ -85,3 +86,9 @@ def test_isolated_child_is_killed_at_its_cpu_limit(tmp_path: Path) -> None:
         convert(src, tmp_path / "s.safetensors", isolated=True,
                 limits=IsolationLimits(cpu_seconds=2))
     assert not (tmp_path / "s.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 86_401, 10**20, 2.5, True, "60"])
+def test_isolation_cpu_limit_is_checked_before_any_child_starts(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"cpu_seconds must be an integer from 1 to 86400"):
+        IsolationLimits(cpu_seconds=bad)  # type: ignore[arg-type]

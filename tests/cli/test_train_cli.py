@@ -75,6 +75,8 @@ def test_train_says_when_the_guard_finds_a_run_that_learns_no_robustness(
         (["--method", "none", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
         (["--method", "none", "--model", "nopkg.nomod:f"], "cannot import nopkg.nomod"),
         (["--method", "none", "--data", "missing.npz"], "missing.npz"),
+        (["--method", "none", "--seed", "99999999999999999999"], "--seed"),
+        (["--method", "none", "--seed", "-1"], "--seed"),
     ],
 )
 def test_train_usage_errors_exit_2_with_a_message_and_write_nothing(

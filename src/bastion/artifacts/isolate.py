@@ -31,6 +31,9 @@ from bastion.core.errors import ArtifactError, ConfigurationError, UnsafeArtifac
 __all__ = ["IsolationLimits", "load_isolated"]
 
 
+_MAX_CPU_SECONDS = 86_400
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IsolationLimits:
     """Limits for the child process.
@@ -46,8 +49,10 @@ class IsolationLimits:
     max_output_bytes: int = 16 << 30
 
     def __post_init__(self) -> None:
-        if self.cpu_seconds <= 0:
-            raise ConfigurationError(f"cpu_seconds must be positive, got {self.cpu_seconds}")
+        if isinstance(self.cpu_seconds, bool) or not isinstance(self.cpu_seconds, int) or not (
+                0 < self.cpu_seconds <= _MAX_CPU_SECONDS):  # setrlimit overflows far above
+            raise ConfigurationError(f"cpu_seconds must be an integer from 1 to "
+                                     f"{_MAX_CPU_SECONDS} (a day), got {self.cpu_seconds!r}")
         if self.memory_bytes is not None and self.memory_bytes < 1 << 30:
             raise ConfigurationError("memory_bytes below 1 GiB cannot even import torch")
 

@@ -67,7 +67,8 @@ def evaluate(
     sha256: str | None = typer.Option(None, "--sha256", help="Expected SHA-256 of --weights."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N samples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Samples per attack call."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the attacks and sanity subsample."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+                             help="Seed of the attacks and sanity subsample."),
     sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="Gradient-masking checks."),
     output_format: OutputFormat = typer.Option(
         OutputFormat.TEXT, "--format", case_sensitive=False, help="text or json on stdout."
