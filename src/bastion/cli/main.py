@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     except BastionError as exc:
         err.print(f"[bold red]refused:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
+    except MemoryError:  # numpy's _ArrayMemoryError too: a size the data declares, not a bug
+        err.print("[bold red]error:[/] out of memory: the input needs more memory than this "
+                  "machine can give (use a smaller file or a bigger machine)", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
