@@ -70,3 +70,22 @@ def test_exit_codes_through_main(tmp_path: Path, data: Path) -> None:
     assert done.returncode == 1 and "not valid JSON" in done.stderr
     done = run("--check", tmp_path / "missing.json")
     assert done.returncode == 2 and "manifest not found" in done.stderr
+
+
+def test_manifest_never_overwrites_a_data_file(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bastion.cli.main import main
+
+    victim = next(p for p in sorted(data.rglob("*")) if p.is_file())
+    before = victim.read_bytes()
+    for out, match in [(victim, "would overwrite a file inside the dataset directory"),
+                       (data, "is the dataset directory itself")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["manifest", str(data), "-o", str(out)])
+        assert exc.value.code == 2
+        assert match in " ".join(capsys.readouterr().err.split())
+    assert victim.read_bytes() == before
+    inside = data / "MANIFEST.json"
+    for _ in range(2):  # a new file inside, then the earlier manifest itself, may be written
+        assert runner.invoke(app, ["manifest", str(data), "-o", str(inside)]).exit_code == 0

@@ -171,3 +171,34 @@ def test_markup_in_file_names_is_printed_verbatim(
     assert _run("scan", str(odd)) == 0
     out = capsys.readouterr().out
     assert "[bold]" in out and "[red]" in out, "file names must not be read as rich markup"
+
+
+def test_report_never_overwrites_a_scanned_file(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = files["ok"].read_bytes()
+    for args in (["scan", str(files["ok"]), "-o", str(files["ok"])],
+                 ["scan", str(tmp_path), "-o", str(files["user"])]):
+        assert _run(*args) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "would overwrite a file inside" in err or "is the scanned path itself" in err
+    assert files["ok"].read_bytes() == before and files["user"].read_bytes() == _USER_CLASS
+    report = tmp_path / "report.json"
+    for _ in range(2):  # a new report inside the folder, then the earlier report, may be written
+        assert _run("scan", str(tmp_path), "--format", "json", "-o", str(report)) == 1
+    assert json.loads(report.read_text())["files"]
+
+
+def test_control_characters_in_file_names_are_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = tmp_path / "a\x1b]0;PWNED\x07b.pt"
+    torch.save({"w": torch.ones(1)}, odd)
+    assert _run("scan", str(odd)) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "a\\x1b]0;PWNED\\x07b.pt" in out
+    report = tmp_path / "r.txt"
+    assert _run("scan", str(odd), "-o", str(report)) == 0
+    text = report.read_text()
+    assert "\x1b" not in text and "a\\x1b]0;PWNED\\x07b.pt" in text

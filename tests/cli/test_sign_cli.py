@@ -107,3 +107,39 @@ def test_exit_codes_through_main(tmp_path: Path, model: Path) -> None:
     assert done.returncode == 1 and "not a valid OpenSSF Model Signing bundle" in done.stderr
     done = _bastion("verify", model, "--key", pub, "--signature", tmp_path / "missing.sig")
     assert done.returncode == 2 and "signature file not found" in done.stderr
+
+
+def test_signature_never_overwrites_an_input(tmp_path: Path, model: Path) -> None:
+    key = tmp_path / "k.pem"
+    assert runner.invoke(app, ["keygen", str(key)]).exit_code == 0
+    single = model / "weights.bin"
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"another model")
+    cases = [
+        ([str(single), "-k", str(key), "-s", str(key)], "is the private key itself"),
+        ([str(single), "-k", str(key), "-s", str(single)], "is the model itself"),
+        ([str(single), "-k", str(key), "-s", str(other)], "not a signature bundle"),
+        ([str(model), "-k", str(key), "-s", str(model / "config.json")], "inside the model"),
+    ]
+    before = {p: p.read_bytes() for p in (key, single, other, model / "config.json")}
+    for args, match in cases:
+        done = runner.invoke(app, ["sign", *args])
+        assert isinstance(done.exception, ConfigurationError), args
+        assert match in str(done.exception), (args, str(done.exception))
+    assert {p: p.read_bytes() for p in before} == before
+    sig = tmp_path / "m.sig"
+    for _ in range(2):  # an earlier signature may be replaced
+        done = runner.invoke(app, ["sign", str(model), "-k", str(key), "-s", str(sig)])
+        assert done.exit_code == 0, done.output
+
+
+def test_verify_escapes_control_characters_in_names(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    assert runner.invoke(app, ["keygen", str(key)]).exit_code == 0
+    odd = tmp_path / "a\x1b]0;PWNED\x07b.bin"
+    odd.write_bytes(b"weights")
+    assert runner.invoke(app, ["sign", str(odd), "-k", str(key)]).exit_code == 0
+    done = runner.invoke(app, ["verify", str(odd), "-k", str(tmp_path / "k.pub.pem")])
+    assert done.exit_code == 0, done.output
+    assert "\x1b" not in done.output and "\x07" not in done.output
+    assert "a\\x1b]0;PWNED\\x07b.bin" in done.output

@@ -3,6 +3,10 @@
 It unpickles an *unknown* (not dangerous) file with the ordinary loaders inside a process with
 resource limits, a scrubbed environment and an empty working directory, and writes back only
 tensors, as safetensors bytes on stdout. Nothing else crosses the process boundary.
+
+The limits are not a sandbox: code in the file can still create, delete and rename files, read
+what the user can read, open network connections and start programs (see
+:mod:`bastion.artifacts.isolate`). Only its file *writes* are blocked (``RLIMIT_FSIZE`` = 0).
 """
 
 from __future__ import annotations

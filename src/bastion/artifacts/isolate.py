@@ -2,14 +2,18 @@
 
 For files that scan ``unknown`` (a user's own classes, say), a restricted load is impossible by
 definition. ``load_isolated`` runs the ordinary loader in a child process that has: a CPU-time
-limit, an address-space limit, no file writes (``RLIMIT_FSIZE`` = 0, so a payload cannot write
-data to disk), no core dumps, a scrubbed environment (no inherited secrets, tokens or
-credentials) and an empty temporary working directory. Only tensors come back, as safetensors
-bytes parsed by the safetensors library. Files that scan ``unsafe`` are never run, isolated or
-not.
+limit, an address-space limit, a zero file-size limit (``RLIMIT_FSIZE`` = 0: a payload cannot
+write *data* into a file), no core dumps, a scrubbed environment (no inherited secrets, tokens
+or credentials) and an empty temporary working directory. Only tensors come back, as
+safetensors bytes parsed by the safetensors library. Files that scan ``unsafe`` are never run,
+isolated or not.
 
-This is resource isolation, not a sandbox: the child can still read files and open network
-connections. For hostile files, run bastion itself inside a container or VM without network.
+This is resource isolation, not a sandbox. Code in the file runs with the user's full
+permissions, so the child can still: create empty files and directories, delete, rename and
+truncate files, change permissions, read any file the user can read, open network connections
+(and send what it read), and start other programs (which inherit the same limits). Use it only
+for files whose author you trust but whose classes bastion cannot check; for hostile files,
+run bastion itself inside a container or VM without network and with a read-only file system.
 """
 
 from __future__ import annotations

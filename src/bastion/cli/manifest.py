@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bastion.artifacts.manifest import create_manifest, verify_manifest
+from bastion.artifacts.manifest import MANIFEST_KIND, create_manifest, verify_manifest
+from bastion.cli._common import is_json_with, refuse_clobber, shown
 from bastion.core.errors import ConfigurationError
 
 _out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -50,12 +51,16 @@ def manifest(
         if directory is not None or output is not None:
             raise ConfigurationError("--check takes no DIR or -o; use --root to choose the DIR")
         result = verify_manifest(check, root)
-        _out.print(result.describe())
+        _out.print("\n".join(shown(line) for line in result.describe().split("\n")))
         return
     if root is not None:
         raise ConfigurationError("--root is only used with --check")
     if directory is None or output is None:
         raise ConfigurationError("give DIR and -o FILE to record, or --check FILE to check")
+    refuse_clobber(output, "-o", [("dataset directory", directory)],
+                   replaceable=lambda p: is_json_with(p, "kind", MANIFEST_KIND))
     made = create_manifest(directory, output)
     total = sum(f.size for f in made.files)
-    _out.print(f"recorded {len(made.files)} files ({total} bytes) of {made.root} in {output}")
+    _out.print(
+        f"recorded {len(made.files)} files ({total} bytes) of {shown(made.root)} in {shown(output)}"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -14,7 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from bastion.artifacts.scan import ScanReport, Verdict, render_sarif, render_text, scan_paths
-from bastion.cli._common import ALLOW_OPTION, POLICY_OPTION, build_policy, console
+from bastion.cli._common import (
+    ALLOW_OPTION,
+    POLICY_OPTION,
+    build_policy,
+    console,
+    is_json_with,
+    refuse_clobber,
+    shown,
+)
 from bastion.core.atomic import atomic_write_text
 from bastion.core.errors import ConfigurationError
 
@@ -43,12 +52,28 @@ def _table(report: ScanReport) -> Table:
             if problems:
                 problems.append("\n")
             problems.append(f"{f.severity} ", style=_SEVERITY_STYLE[str(f.severity)])
-            problems.append(f"{f.kind}: {f.detail}")
+            problems.append(shown(f"{f.kind}: {f.detail}"))
             if f.location:
-                problems.append(f" @ {f.location}", style="dim")
-        table.add_row(Text(file.verdict.value, style=_STYLE[file.verdict]), Text(file.path),
+                problems.append(f" @ {shown(f.location)}", style="dim")
+        table.add_row(Text(file.verdict.value, style=_STYLE[file.verdict]), Text(shown(file.path)),
                       Text(file.format), problems)
     return table
+
+
+_TEXT_SUMMARY = re.compile(rb"\d+ file\(s\): [^\n]* -> (safe|unknown|unsafe)\n?$")
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is an earlier scan report, which ``-o`` may replace: JSON with the
+    report's ``files`` and ``summary``, SARIF from bastion, or text ending in the summary line."""
+    if is_json_with(path, "version", "2.1") or is_json_with(path, "schema_version", ""):
+        return True
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return False
+        return _TEXT_SUMMARY.search(path.read_bytes()[-300:]) is not None
+    except OSError:
+        return False
 
 
 _PATHS = typer.Argument(..., metavar="PATH...", help="Files or folders to scan.")
@@ -75,7 +100,10 @@ def scan(
     """
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
-        raise ConfigurationError(f"no such file or folder: {', '.join(missing)}")
+        raise ConfigurationError(f"no such file or folder: {shown(', '.join(missing))}")
+    if output is not None:
+        refuse_clobber(output, "-o", [("scanned path", p) for p in paths],
+                       replaceable=_is_report)
     policy = build_policy(allow, policy_file)
     report = scan_paths(paths, policy=policy, progress=True, digest=sha256)
     if output_format is OutputFormat.JSON:
@@ -83,12 +111,15 @@ def scan(
     elif output_format is OutputFormat.SARIF:
         text = json.dumps(render_sarif(report), indent=2)
     else:
-        text = render_text(report)
+        # file names and findings are attacker-chosen: no terminal escape codes, even in a file
+        text = "\n".join(shown(line) for line in render_text(report).split("\n"))
     if output is not None:
         try:
             atomic_write_text(output, text + "\n")
         except OSError as exc:
-            raise ConfigurationError(f"cannot write {output}: {exc.strerror or exc}") from None
+            raise ConfigurationError(
+                f"cannot write {shown(output)}: {exc.strerror or exc}"
+            ) from None
     elif output_format is OutputFormat.TEXT:
         console.print(_table(report))
         console.print(text.splitlines()[-1] if report.verdict is Verdict.SAFE

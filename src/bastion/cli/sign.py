@@ -13,6 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from bastion.cli._common import is_json_with, refuse_clobber, shown
+from bastion.core.errors import ConfigurationError
+
 _out = Console(highlight=False, soft_wrap=True, markup=False)
 
 _SIGNATURE_HELP = "Default: FILE.sig beside a file, DIR/model.sig inside a directory."
@@ -39,8 +42,8 @@ def keygen(
     from bastion.artifacts.keys import generate_keypair
 
     pair = generate_keypair(private_key, public_key, overwrite=force)
-    _out.print(f"private key: {pair.private_key} (keep secret)")
-    _out.print(f"public key:  {pair.public_key} (share with verifiers)")
+    _out.print(f"private key: {shown(pair.private_key)} (keep secret)")
+    _out.print(f"public key:  {shown(pair.public_key)} (share with verifiers)")
 
 
 def sign(
@@ -62,10 +65,24 @@ def sign(
 
     Example: bastion sign model/ --key keys/signing.pem   (writes model/model.sig)
     """
+    from bastion.artifacts.sign import default_signature_path
     from bastion.artifacts.sign import sign as sign_model  # model_signing loads slowly: lazily
 
+    target = default_signature_path(path) if signature is None else signature
+    refuse_clobber(target, "-s", [("model", path), ("private key", key)],
+                   replaceable=_is_signature)
+    if target.exists() and not _is_signature(target):
+        raise ConfigurationError(
+            f"-s {shown(target)} exists and is not a signature bundle; refusing to overwrite it "
+            "(delete it first, or choose another path)"
+        )
     out = sign_model(path, key, signature=signature)
-    _out.print(f"signed {path} -> {out}")
+    _out.print(f"signed {shown(path)} -> {shown(out)}")
+
+
+def _is_signature(path: Path) -> bool:
+    """An earlier signature (a Sigstore bundle, which ``sign`` writes) may be replaced."""
+    return is_json_with(path, "mediaType", "application/vnd.dev.sigstore.bundle")
 
 
 def verify(
@@ -103,6 +120,6 @@ def verify(
         typer.echo(result.to_json())
         return
     _out.print(
-        f"verified {result.path}: {len(result.files)} file(s) match {result.signature}, "
-        f"signed by {result.key}"
+        f"verified {shown(result.path)}: {len(result.files)} file(s) match "
+        f"{shown(result.signature)}, signed by {shown(result.key)}"
     )

@@ -10,7 +10,9 @@ only decides how loudly an import outside the allowlist is reported:
 * ``UNKNOWN``   - anything else; never loaded unless the user allows it.
 
 Dangerous imports can never be allowed, not even by a user policy: a user who writes
-``--allow os.system`` gets a :class:`~bastion.ConfigurationError`, not a hole.
+``--allow os.system`` gets a :class:`~bastion.ConfigurationError`, not a hole. The denylist
+also wins over a wildcard allow: ``--allow 'numpy.*'`` never reaches ``numpy.save``,
+``numpy.memmap``, ``torch.from_file`` or any other name that reads, writes or maps files.
 """
 
 from __future__ import annotations
@@ -184,8 +186,46 @@ _DANGEROUS_MODULES: frozenset[str] = frozenset(
         "builtins.__build_class__", "builtins.__loader__", "builtins.__spec__",
         "copyreg._reconstructor.__globals__", "copyreg.add_extension", "copyreg.pickle",
         "_operator", "_functools", "_imp", "_signal", "_socket", "_sqlite3", "_osx_support",
+        # run shell commands or Python code: pydoc's pagers (pipepager, tempfilepager, pager,
+        # getpager) spawn a shell; the others interpret code, spawn processes or import on call
+        "pydoc", "pipes", "idlelib", "lib2to3", "doctest", "unittest", "_pyrepl",
+        "antigravity", "this", "compileall", "py_compile", "modulefinder", "pyclbr", "atexit",
+        "logging.config", "logging.handlers", "logging.FileHandler", "logging.basicConfig",
+        "uuid._get_command_stdout", "uuid._popen", "tkinter", "turtle", "turtledemo",
+        "_posixshmem", "_multiprocessing", "_asyncio",
+        # create, write, delete or map files
+        "codecs.open", "codecs.EncodedFile", "gzip", "bz2", "lzma", "shelve", "dbm", "fileinput",
+        "mmap", "filecmp", "linecache", "zipapp", "tabnanny", "mailbox", "_dbm", "_gdbm",
+        # network
+        "imaplib", "poplib", "nntplib", "xmlrpc", "socketserver", "wsgiref", "smtpd",
+        "asyncore", "asynchat", "select", "selectors",
+        # torch and numpy entry points that read, write or map files, load code or call native
+        # operators (see also _FILE_ATTRS: wildcard allows never reach these)
+        "torch.save", "torch.from_file", "torch.serialization.save", "torch._C", "torch.classes",
+        "torch.library", "torch.compile", "torch._jit_internal", "torch.onnx",
+        "torch.utils.tensorboard", "torch.utils.collect_env", "torch.utils.benchmark",
+        "torch.utils.data", "torch.backends", "torch._higher_order_ops",
+        "numpy.save", "numpy.savez", "numpy.savez_compressed", "numpy.savetxt",
+        "numpy.loadtxt", "numpy.genfromtxt", "numpy.fromfile", "numpy.fromregex",
+        "numpy.memmap", "numpy.DataSource", "numpy.lib.format", "numpy.lib._npyio_impl",
+        "numpy.lib._datasource", "numpy.lib.utils", "numpy.core.memmap", "numpy._core.memmap",
+        "numpy.core.records.fromfile", "numpy._core.records.fromfile", "numpy.rec.fromfile",
+        "numpy._pytesttester",
     }
 )
+
+#: Attribute names that read, write or map files (``numpy.save``, ``ndarray.tofile``,
+#: ``torch.UntypedStorage.from_file``, ``joblib.dump``...). Anywhere under these packages, and
+#: anywhere in a dotted attribute walk, such a name is dangerous, so a wildcard allow such as
+#: ``--allow 'numpy.*'`` never lets a "safe" load touch the file system.
+_FILE_ATTRS: frozenset[str] = frozenset(
+    {
+        "save", "savez", "savez_compressed", "savetxt", "load", "loadtxt", "genfromtxt",
+        "fromfile", "tofile", "fromregex", "memmap", "open_memmap", "from_file", "DataSource",
+        "dump", "dumps", "loads", "hub", "ops", "read_pickle", "to_pickle",
+    }
+)
+_FILE_ATTR_ROOTS: frozenset[str] = frozenset({"numpy", "torch", "joblib", "scipy", "pandas"})
 
 _SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*\.(\*|[A-Za-z_][\w]*)$")
 
@@ -207,6 +247,10 @@ def _is_dangerous(module: str, name: str) -> bool:
     # Dotted names walk attributes (protocol 4+): ``logging`` + ``os.system`` reaches os.system
     # through the module logging imported. Judge every module path the walk passes through.
     steps = name.split(".")
+    if (parts[0] in _FILE_ATTR_ROOTS or len(steps) > 1) and any(
+        p in _FILE_ATTRS for p in parts[1:]
+    ):
+        return True
     return any(
         ".".join(steps[i:j]) in _DANGEROUS_MODULES
         for i in range(len(steps) - 1)
