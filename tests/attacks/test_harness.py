@@ -118,3 +118,36 @@ def test_invalid_arguments_say_what_to_fix(case_id: str, entry: Entry, norm: Nor
         ThreatModel(norm=norm, eps=-0.1)
     with pytest.raises(bastion.ConfigurationError, match="unknown norm"):
         ThreatModel(norm="l3", eps=0.1)
+
+
+class _Cut(nn.Module):
+    """A classifier whose forward cuts the graph to its input (``detach`` or ``no_grad``)."""
+
+    def __init__(self, inner: nn.Module, how: str) -> None:
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x: torch.Tensor) -> object:
+        if self.how == "detach":
+            return self.inner(x.detach())
+        if self.how == "no_grad":
+            with torch.no_grad():
+                return self.inner(x)
+        out = self.inner(x)
+        return (out, out) if self.how == "tuple" else {"logits": out}
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("detach", r"does not let gradients reach its input.*BPDA.*square"),
+     ("no_grad", r"does not let gradients reach its input.*BPDA.*square"),
+     ("tuple", r"returned a tuple, not a tensor.*\(B, C\) tensor of logits"),
+     ("dict", r"returned a dict, not a tensor.*\(B, C\) tensor of logits")],
+)
+def test_models_that_hide_their_gradient_or_logits_get_a_clear_error(
+    how: str, message: str
+) -> None:
+    model, x, y = trained_digits_mlp()
+    attack = bastion.attacks.PGD(threat=ThreatModel(eps=0.1), steps=2)
+    with pytest.raises(bastion.core.errors.InputValidationError, match=message):
+        attack(_Cut(model, how), x[:8], y[:8])

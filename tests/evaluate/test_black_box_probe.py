@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bastion import ThreatModel
@@ -41,8 +42,9 @@ def test_probe_that_breaks_nothing_spares_the_other_survivors() -> None:
                         sanity=False, progress=False)
     assert result.clean_accuracy == 1.0 and result.robust_accuracy == 1.0  # margin 0.12 > eps
     square = result.attacks[1]
-    assert square.attacked == 16 and square.broken == 0  # only the first round was attacked
-    assert "did not run on the other 184" in square.note
+    # only the first round (32 closest + 32 random) was attacked
+    assert square.attacked == 64 and square.broken == 0
+    assert "did not run on the other 136" in square.note
 
 
 def test_probe_that_breaks_a_sample_escalates_to_every_survivor() -> None:
@@ -86,11 +88,11 @@ def test_probe_rounds_follow_the_margin_and_find_every_breakable_sample() -> Non
     assert pgd.broken == 0
     assert square.broken == int(is_near.sum()) == 30  # every breakable sample found
     assert result.robust_accuracy == pytest.approx(170 / 200)
-    # rounds of 16 in margin order: 12 near + 4 random, then 16 near, then the last 2 near and
-    # 14 far ones, then one round that breaks none: far fewer than the 200 survivors
-    assert square.attacked == 64
+    # a first round of the 32 closest (the 30 near, 2 far) and 32 random far ones, then one
+    # round of 16 in margin order that breaks none: far fewer than the 200 survivors
+    assert square.attacked == 80
     assert "until a round broke none" in square.note
-    assert "did not run on the other 136" in square.note
+    assert "did not run on the other 120" in square.note
 
 
 def _fake_attack(breakable: torch.Tensor, log: list[torch.Tensor]):  # type: ignore[no-untyped-def]
@@ -105,11 +107,11 @@ def test_a_break_far_from_the_boundary_sends_the_stage_to_every_survivor() -> No
 
     closest = torch.arange(100, dtype=torch.float32)  # sample i has margin i
     log: list[torch.Tensor] = []
-    note, near = _probe(_fake_attack(torch.arange(100) >= 50, log), torch.arange(100), closest,
-                        16, 0)
+    note, near, head = _probe(_fake_attack(torch.arange(100) >= 50, log), torch.arange(100),
+                              closest, 16, 0)
     assert sorted(torch.cat(log).tolist()) == list(range(100))  # each attacked exactly once
     assert len(log) == 2 and "far from the boundary" in note
-    assert near == 0  # the 12 closest (margins 0-11) were not breakable
+    assert near == 0 and head == 32  # the 32 closest (margins 0-31) were not breakable
 
 
 def test_rounds_stop_at_the_first_that_breaks_none() -> None:
@@ -117,9 +119,9 @@ def test_rounds_stop_at_the_first_that_breaks_none() -> None:
 
     closest = torch.arange(100, dtype=torch.float32).flip(0)  # sample 99 is the closest
     log: list[torch.Tensor] = []
-    note, near = _probe(_fake_attack(torch.arange(100) >= 80, log), torch.arange(100), closest,
-                        16, 0)
-    assert near == 12  # the first round's 12 closest (samples 99 to 88) all broke
+    note, near, head = _probe(_fake_attack(torch.arange(100) >= 80, log), torch.arange(100),
+                              closest, 16, 0)
+    assert near == 20 and head == 32  # the first round's 32 closest (99 to 68): 20 breakable
     seen = torch.cat(log)
     assert set(range(80, 100)) <= set(seen.tolist())  # every breakable sample reached
     assert seen.unique().numel() == seen.numel() < 100  # none twice, not all
@@ -183,3 +185,48 @@ def test_black_box_check_follows_autoattack_but_forgives_one_sample(
     check = black_box_check(total=total, black_box_after_white_box=broken)
     assert check.passed is passed
     assert ("not trusted" in check.detail) is not passed
+
+
+@pytest.mark.parametrize(
+    ("broken", "attacked", "total", "passed"),
+    # 0.2% of 10,000 samples allows 20 breaks, but 3 of 64 attacked at a 0.2% rate has a
+    # binomial tail of 3e-4 (< 1e-3); 2 of 64 (8e-3) and 3 of 1000 attacked (0.32) pass
+    [(3, 64, 10_000, False), (2, 64, 10_000, True), (3, 1000, 10_000, True),
+     (2, 64, 100, False)],
+)
+def test_black_box_check_judges_breaks_per_attacked_sample(
+    broken: int, attacked: int, total: int, passed: bool
+) -> None:
+    from bastion.evaluate.sanity import black_box_check
+
+    check = black_box_check(total=total, black_box_after_white_box=broken, attacked=attacked)
+    assert check.passed is passed, check.detail
+    assert f"of {attacked} at a 0.2% rate" in check.detail
+
+
+class _Stealth(nn.Module):
+    """A decoy for the white-box attacks: the trained MLP's decision, piecewise constant (a
+    one-hot of its argmax, zero gradient), plus a small smooth random term whose gradient and
+    margins say nothing about that decision (so the probe's closeness order is random)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        torch.manual_seed(7)  # a decoy the old 12-closest + 4-random probe missed entirely
+        self.decoy = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        return 10 * F.one_hot(z.argmax(1).detach(), 10).float() + 1e-2 * self.decoy(x)
+
+
+@pytest.mark.parametrize("stealth", [True, False])
+def test_default_ensemble_flags_a_decoy_and_passes_the_honest_model(stealth: bool) -> None:
+    from _helpers.models import trained_digits_mlp
+
+    model, x, y = trained_digits_mlp()
+    judged = _Stealth(model) if stealth else model
+    result = robustness(judged, (x, y), ThreatModel(eps=0.1), progress=False, sanity_samples=40)
+    check = {c.check: c for c in result.sanity}["black box"]
+    assert check.passed is not stealth, check.detail
+    assert result.gradient_masking_suspected is stealth

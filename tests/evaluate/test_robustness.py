@@ -121,7 +121,8 @@ def test_sanity_checks_pass_on_the_plain_mlp(mlp) -> None:
                         sanity_samples=60)
     names = {c.check for c in result.sanity}
     assert names == {"logits", "deterministic", "gradients", "chance at large eps", "monotone",
-                     "more steps", "black box"}
+                     "more steps", "single step", "sanity attacks", "black box",
+                     "finite logits"}
     assert all(c.passed for c in result.sanity), result.sanity
     assert result.flags == ()
 
@@ -225,3 +226,93 @@ def test_bad_input_is_reported_not_crashed(mlp) -> None:
         robustness(model, (x, y), ThreatModel(eps=0.1), "fgsm", eps=[-1.0])
     with pytest.raises(ConfigurationError, match="data must be"):
         robustness(model, x, ThreatModel(eps=0.1), "fgsm")
+
+
+class _NanOffGrid(nn.Module):
+    """NaN logits wherever the input leaves the digits' pixel grid (k/16): every perturbed point."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        off = ((x * 16 - torch.round(x * 16)).abs() > 1e-3).flatten(1).any(dim=1)
+        return torch.where(off[:, None], torch.full_like(z, float("nan")), z)
+
+
+def test_nan_logits_at_attacked_points_count_as_broken(mlp) -> None:
+    model, x, y = mlp
+    assert int((y == 0).sum()) > 0  # argmax of a NaN row is 0: these would have stayed robust
+    result = robustness(_NanOffGrid(model), (x, y), ThreatModel(eps=0.1), "fgsm",
+                        progress=False, sanity_samples=30)
+    assert result.clean_accuracy > 0.9 and result.robust_accuracy == 0.0
+    assert any("non-finite (NaN or infinite) logits at" in n for n in result.notes)
+    check = {c.check: c for c in result.sanity}["finite logits"]
+    assert not check.passed and MASKING_FLAG in result.flags
+
+
+@pytest.mark.parametrize(
+    ("how", "attacks", "message"),
+    [("no_grad", "pgd", "does not let gradients reach its input"),
+     ("detach", "square", "does not let gradients reach its input"),  # the sanity checks' PGD
+     ("tuple", "pgd", "returned a tuple, not a tensor"),
+     ("dict", "square", "returned a dict, not a tensor")],
+)
+def test_models_without_input_gradient_or_tensor_output_are_refused(
+    mlp, how: str, attacks: str, message: str
+) -> None:
+    model, x, y = mlp
+
+    class Cut(nn.Module):
+        def forward(self, t: torch.Tensor) -> object:
+            if how == "no_grad":
+                with torch.no_grad():
+                    return model(t)
+            if how == "detach":
+                return model(t.detach())
+            return (model(t), 0) if how == "tuple" else {"logits": model(t)}
+
+    with pytest.raises(InputValidationError, match=message):
+        robustness(Cut(), (x[:20], y[:20]), ThreatModel(eps=0.1), attacks, progress=False,
+                   sanity_samples=10)
+
+
+def test_sanity_attacks_count_in_the_worst_case_and_flag_a_weak_ensemble(mlp) -> None:
+    model, x, y = mlp
+    stuck = PGD(threat=ThreatModel(eps=0.1), steps=1, step_size=1e-6, random_start=False)
+    result = robustness(model, (x, y), ThreatModel(eps=0.1), [stuck], progress=False,
+                        sanity_samples=40)
+    own = result.attacks[0].robust_accuracy  # the stuck attack breaks (nearly) nothing
+    check = {c.check: c for c in result.sanity}["sanity attacks"]
+    missed = int(check.detail.split(" broke ")[1].split()[0])
+    assert missed > 10 and not check.passed and MASKING_FLAG in result.flags
+    assert result.robust_accuracy == pytest.approx(own - missed / result.samples)
+    assert result.curve[-1].robust_accuracy == result.robust_accuracy
+
+
+class _ReversedOffGrid(nn.Module):
+    """Honest gradient on the digits' pixel grid (where FGSM takes its only step), the reversed
+    gradient everywhere else (where PGD's random start puts every step); same logits."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        off = ((x * 16 - torch.round(x * 16)).abs() > 1e-3).flatten(1).any(dim=1)[:, None]
+        flipped = z.detach() - (z - z.detach())  # value z, gradient -dz/dx
+        return torch.where(off, flipped, z)
+
+
+def test_single_step_beating_pgd_is_flagged(mlp) -> None:
+    model, x, y = mlp
+    honest = robustness(model, (x, y), ThreatModel(eps=0.1), "fgsm", progress=False,
+                        sanity_samples=40)
+    assert {c.check: c for c in honest.sanity}["single step"].passed
+    result = robustness(_ReversedOffGrid(model), (x, y), ThreatModel(eps=0.1), "fgsm",
+                        progress=False, sanity_samples=40)
+    check = {c.check: c for c in result.sanity}["single step"]
+    assert not check.passed and "must not beat the iterative attack" in check.detail
+    assert MASKING_FLAG in result.flags

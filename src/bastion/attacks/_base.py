@@ -36,6 +36,32 @@ class AttackStats:
     backward: int = 0
 
 
+#: Why a gradient attack cannot run on a model whose forward cuts the graph to its input.
+NO_INPUT_GRADIENT = (
+    "the model does not let gradients reach its input: its forward detaches the input or runs "
+    "under torch.no_grad() (autograd: 'element 0 of tensors does not require grad'); gradient "
+    "attacks cannot run on it. Wrap a non-differentiable step in bastion.attacks.BPDA (or "
+    "bastion.attacks.bpda(...)) so attacks get an approximate gradient, or evaluate it with a "
+    "black-box attack such as 'square'"
+)
+
+
+def _no_graph_to_input(exc: RuntimeError) -> bool:
+    """Whether autograd refused because the loss has no graph back to the input."""
+    text = str(exc)
+    return "does not require grad" in text or "appears to not have been used" in text
+
+
+def logits_tensor(out: object) -> torch.Tensor:
+    """``out`` if it is a tensor; a clear error for the tuples and dicts some models return."""
+    if not isinstance(out, torch.Tensor):
+        raise InputValidationError(
+            f"the model returned a {type(out).__name__}, not a tensor: a classifier must return "
+            "a (B, C) tensor of logits (wrap it so that forward returns only the logits)"
+        )
+    return out
+
+
 class AttackContext:
     """The model as an attack sees it: counted, autocast, gradients w.r.t. the input only."""
 
@@ -73,7 +99,7 @@ class AttackContext:
         """Logits of ``x`` without building a graph (float32 whatever the autocast dtype)."""
         self.stats.forward += x.shape[0]
         with torch.no_grad(), self._precision(x):
-            logits: torch.Tensor = self.model(x)
+            logits = logits_tensor(self.model(x))
         return logits.float()
 
     def logits_and_grad(
@@ -89,10 +115,15 @@ class AttackContext:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             with self._precision(x):
-                logits = self.model(x)
+                logits = logits_tensor(self.model(x))
             logits = logits.float()
             loss = loss_fn(logits, y).sum()
-            (grad,) = torch.autograd.grad(loss, x)
+            try:
+                (grad,) = torch.autograd.grad(loss, x)
+            except RuntimeError as exc:
+                if not _no_graph_to_input(exc):
+                    raise
+                raise InputValidationError(NO_INPUT_GRADIENT) from exc
         return logits.detach(), grad.detach()
 
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:

@@ -14,8 +14,11 @@ survivors, ordered by how close the earlier attacks brought each one to the deci
 (the smallest margin ``z_y - max_{j != y} z_j`` seen at their outputs): the samples a refinement
 breaks are the ones the white-box attacks nearly broke (measured on a PGD-trained MNIST CNN:
 Square's 4 extra breaks among 313 survivors ranked 1, 2, 12 and 25 by that margin, APGD-T 4-9's
-one ranked 2), so a random probe mostly spends its budget where nothing is to be found. The
-first round also takes a quarter of its samples at random from the rest:
+one ranked 2), so a random probe mostly spends its budget where nothing is to be found. But
+those margins can be a decoy (logits ``10 * onehot(argmax f) + 0.01 * g`` for a smooth random
+``g`` rank samples at random while hiding ``f``'s gradient), so the first round is at least 64
+samples (or every survivor), half the closest and half drawn at random (seeded) from the rest;
+the black-box check judges the breaks among the random half per attacked sample:
 
 * a random sample broken from the half of the survivors farthest from the boundary: breaks are
   not where the white-box attacks came closest (gradient masking looks like this), so the stage
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 
 from bastion.attacks import Attack
+from bastion.attacks._base import logits_tensor
 from bastion.core.modes import frozen_eval
 from bastion.core.progress import task_progress
 from bastion.core.threat import ThreatModel
@@ -53,6 +57,7 @@ from bastion.evaluate.results import AdversarialExample
 __all__ = ["AttackRun", "PointRun", "predict", "run_curve"]
 
 _TOL = 1e-5
+_FIRST_ROUND = 64
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -71,6 +76,8 @@ class AttackRun:
     note: str = ""
     black_box: bool = False
     near_breaks: int = 0
+    nonfinite: int = 0
+    near_attacked: int = 0
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -103,7 +110,7 @@ class _AsImage(nn.Module):
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``x`` in batches, in eval mode, without a graph."""
     with frozen_eval(model), torch.no_grad():
-        return torch.cat([model(b).float() for b in torch.split(x, batch_size)])
+        return torch.cat([logits_tensor(model(b)).float() for b in torch.split(x, batch_size)])
 
 
 def _run_attack(
@@ -228,7 +235,11 @@ def _attack_alive(
             inside = (norms <= threat.eps * (1 + _TOL) + _TOL) & (
                 (x_adv >= lo - _TOL) & (x_adv <= hi + _TOL)
             ).flatten(1).all(dim=1)
-            broken = (pred != yb) & inside
+            # argmax of a NaN row is class 0: a point whose logits are not all finite is a
+            # failure of the model there, never a correct prediction
+            nonfinite = ~torch.isfinite(logits).all(dim=1)
+            broken = ((pred != yb) | nonfinite) & inside
+            record.nonfinite += int((nonfinite & inside).sum())
             margins = torch.where(inside, _margins(logits, yb), torch.inf).nan_to_num(torch.inf)
             closest[chunk] = torch.minimum(closest[chunk], margins)
             alive[chunk[broken]] = False
@@ -256,8 +267,9 @@ def _attack_alive(
 
     idx = alive.nonzero().squeeze(1)
     start = time.perf_counter()
-    if probe is not None and idx.numel() > probe:
-        record.note, record.near_breaks = _probe(attack, idx, closest, probe, seed)
+    if probe is not None and idx.numel() > first_round(probe, idx.numel()):
+        record.note, record.near_breaks, record.near_attacked = _probe(
+            attack, idx, closest, probe, seed)
     else:
         attack(idx)
     record.seconds = time.perf_counter() - start
@@ -269,16 +281,18 @@ def _probe(
     closest: torch.Tensor,
     size: int,
     seed: int,
-) -> tuple[str, int]:
-    """Attack the survivors ``idx`` in probe rounds of ``size``; return the report's note and
-    how many of the first round's closest samples it broke (the black-box check leaves those
-    out: the earlier attacks nearly broke them; see ``sanity.black_box_check``)."""
+) -> tuple[str, int, int]:
+    """Attack the survivors ``idx`` in probe rounds of ``size``; return the report's note, how
+    many of the first round's closest samples it broke and how many it attacked (the black-box
+    check leaves those out: the earlier attacks nearly broke them; see
+    ``sanity.black_box_check``)."""
     gen = torch.Generator().manual_seed(seed)
     shuffled = idx[torch.randperm(idx.numel(), generator=gen).to(idx.device)]
     # closest to the boundary first; ties (e.g. never attacked) in seeded random order
     order = shuffled[closest[shuffled].argsort(stable=True)]
-    n_random = size // 4
-    head, pool = order[: size - n_random], order[size - n_random:]
+    first_size = first_round(size, idx.numel())
+    n_random = first_size // 2
+    head, pool = order[: first_size - n_random], order[first_size - n_random:]
     pick = torch.zeros(pool.numel(), dtype=torch.bool, device=pool.device)
     pick[torch.randperm(pool.numel(), generator=gen)[:n_random].to(pool.device)] = True
     randoms, queue = pool[pick], pool[~pick]
@@ -292,10 +306,10 @@ def _probe(
     if bool(torch.isin(broken, far).any()):
         attack(queue)
         return (f"probe: broke {broken.numel()} of the {first}, one of them far from the "
-                "boundary, so it ran on every survivor"), near
+                "boundary, so it ran on every survivor"), near, head.numel()
     if broken.numel() == 0:
         return (f"probe: broke none of the {first}, so it did not run on the other "
-                f"{queue.numel()} (it goes on while its rounds break some)"), 0
+                f"{queue.numel()} (it goes on while its rounds break some)"), 0, head.numel()
     rounds = 1
     while queue.numel() and broken.numel():
         batch, queue = queue[:size], queue[size:]
@@ -304,4 +318,12 @@ def _probe(
     tail = (f"until a round broke none; did not run on the other {queue.numel()}" if queue.numel()
             else "and reached every survivor")
     return (f"probe: broke some of the {first}, then went on in order of closeness to the "
-            f"boundary, {rounds} rounds of {size} in all, {tail}"), near
+            f"boundary, {rounds - 1} more rounds of {size}, {tail}"), near, head.numel()
+
+
+def first_round(size: int, survivors: int) -> int:
+    """Samples in a probe's first round: at least ``_FIRST_ROUND`` (or every survivor), half of
+    them the closest to the boundary and half drawn at random, so that a black-box attack is
+    judged on enough samples the white-box attacks did not choose (their margins can be a
+    decoy: a piecewise-constant decision plus a small smooth term ranks samples at random)."""
+    return min(survivors, max(size, _FIRST_ROUND))

@@ -157,6 +157,9 @@ def robustness(
             f"{main.carried} samples broken at a smaller eps of the curve count as broken at "
             f"eps={threat.eps:g} and were not attacked again"
         )
+    nonfinite = sum(a.nonfinite for r in runs for a in r.attacks)
+    if nonfinite:
+        notes.append(_nonfinite_text(nonfinite))
     checks: list[SanityCheck] = []
     if sanity:
         checks = run_sanity_checks(
@@ -164,8 +167,16 @@ def robustness(
             uses_eot=plan.uses_eot or any(r.attack.name == "eot" for r in main.attacks),
             seed=seed,
             batch_size=batch_size, samples=sanity_samples, adapt=plan.wrap, single_pass=model,
+            worst=main.robust,
         )
+        for r in runs:  # nested balls: a sample broken at threat.eps is broken at larger eps
+            if r.eps > threat.eps:
+                r.robust &= main.robust
         checks.append(_black_box(judged, x, y, main, threat, seed, sanity_samples))
+        checks.append(SanityCheck(
+            check="finite logits", passed=not nonfinite,
+            detail=_nonfinite_text(nonfinite) if nonfinite
+            else "the logits were finite at every attacked point"))
     correct = clean_pred == y
     n, n_correct, n_robust = x.shape[0], int(correct.sum()), int(main.robust.sum())
     other = None
@@ -200,6 +211,11 @@ def robustness(
         baseline=other,
         examples=tuple(main.examples),
     )
+
+
+def _nonfinite_text(count: int) -> str:
+    return (f"the model returned non-finite (NaN or infinite) logits at {count} attacked points; "
+            "each counts as misclassified (an argmax over NaN would say class 0)")
 
 
 def _device_of(model: nn.Module, x: torch.Tensor) -> torch.device:
@@ -319,16 +335,17 @@ def _black_box(
 ) -> SanityCheck:
     seen_white = False
     after: int | None = None
-    near = 0
+    near = attacked = 0
     for r in main.attacks:
         if not r.black_box and r.attacked:
             seen_white = True
         elif r.black_box and seen_white:
             after = (after or 0) + r.broken - r.near_breaks
             near += r.near_breaks
+            attacked += r.attacked - r.near_attacked
     if after is not None or not seen_white:
         return black_box_check(total=x.shape[0], black_box_after_white_box=after,
-                               near_boundary=near)
+                               near_boundary=near, attacked=attacked if after is not None else None)
     survivors = main.robust.nonzero().squeeze(1)[:samples]
     return black_box_check(
         total=x.shape[0], black_box_after_white_box=None, model=model, x_survivors=x[survivors],
