@@ -52,6 +52,21 @@ def _no_graph_to_input(exc: RuntimeError) -> bool:
     return "does not require grad" in text or "appears to not have been used" in text
 
 
+def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``d loss / d x``; a clear error (not autograd's) when the model cut the graph to ``x``.
+
+    Raises:
+        InputValidationError: the model detaches its input or runs under ``no_grad``.
+    """
+    try:
+        (grad,) = torch.autograd.grad(loss, x)
+    except RuntimeError as exc:
+        if not _no_graph_to_input(exc):
+            raise
+        raise InputValidationError(NO_INPUT_GRADIENT) from exc
+    return grad
+
+
 def logits_tensor(out: object) -> torch.Tensor:
     """``out`` if it is a tensor; a clear error for the tuples and dicts some models return."""
     if not isinstance(out, torch.Tensor):
@@ -118,12 +133,7 @@ class AttackContext:
                 logits = logits_tensor(self.model(x))
             logits = logits.float()
             loss = loss_fn(logits, y).sum()
-            try:
-                (grad,) = torch.autograd.grad(loss, x)
-            except RuntimeError as exc:
-                if not _no_graph_to_input(exc):
-                    raise
-                raise InputValidationError(NO_INPUT_GRADIENT) from exc
+            grad = input_gradient(loss, x)
         return logits.detach(), grad.detach()
 
     def is_adversarial(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:

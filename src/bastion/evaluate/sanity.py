@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bastion.attacks import FGSM, PGD, Attack, Square
-from bastion.attacks._base import NO_INPUT_GRADIENT, _no_graph_to_input
-from bastion.core.errors import InputValidationError
+from bastion.attacks._base import input_gradient
 from bastion.core.modes import frozen_eval
 from bastion.core.threat import Norm, ThreatModel
 from bastion.evaluate.curves import _run_attack
@@ -115,12 +114,7 @@ def _gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Sanit
     with frozen_eval(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(model(xg).float(), y, reduction="sum")
-        try:
-            (grad,) = torch.autograd.grad(loss, xg)
-        except RuntimeError as exc:
-            if not _no_graph_to_input(exc):
-                raise
-            raise InputValidationError(NO_INPUT_GRADIENT) from exc
+        grad = input_gradient(loss, xg)
     flat = grad.flatten(1)
     zero = (flat == 0).all(dim=1)
     bad = ~torch.isfinite(flat).all(dim=1)
