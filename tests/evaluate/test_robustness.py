@@ -224,6 +224,9 @@ def test_bad_input_is_reported_not_crashed(mlp) -> None:
         robustness(model, (x, y + 10), ThreatModel(eps=0.1), "fgsm")
     with pytest.raises(ConfigurationError, match="eps must be finite and >= 0"):
         robustness(model, (x, y), ThreatModel(eps=0.1), "fgsm", eps=[-1.0])
+    for norm in ("linf", "l2"):  # 1e308 used to overflow float32 deep inside torch
+        with pytest.raises(ConfigurationError, match="eps must be at most 1e"):
+            robustness(model, (x, y), ThreatModel(norm=norm, eps=0.1), "fgsm", eps=[1e308])
     with pytest.raises(ConfigurationError, match="data must be"):
         robustness(model, x, ThreatModel(eps=0.1), "fgsm")
 

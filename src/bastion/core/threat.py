@@ -16,7 +16,7 @@ import torch
 from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError, InputValidationError
 
-__all__ = ["Norm", "ThreatModel"]
+__all__ = ["MAX_EPS", "Norm", "ThreatModel"]
 
 _TINY = 1e-12
 
@@ -43,6 +43,10 @@ class Norm(enum.Enum):
 def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a per-sample vector so it broadcasts over the non-batch dims of ``x``."""
     return values.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+MAX_EPS = 1e9
+"""Largest radius a :class:`ThreatModel` takes: beyond the diameter of any real input box."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,6 +77,10 @@ class ThreatModel:
             raise ConfigurationError(f"eps must be a number, got {self.eps!r}") from None
         if not math.isfinite(eps) or eps < 0:
             raise ConfigurationError(f"eps must be finite and >= 0, got {self.eps!r}")
+        if eps > MAX_EPS:  # past any input's diameter; far past it, float32 overflows in torch
+            raise ConfigurationError(
+                f"eps must be at most {MAX_EPS:g} (a larger ball bounds nothing), got {eps:g}"
+            )
         object.__setattr__(self, "eps", eps)
         try:
             lo, hi = (float(b) for b in self.bounds)
