@@ -255,6 +255,23 @@ def test_nan_logits_at_attacked_points_count_as_broken(mlp) -> None:
     assert not check.passed and MASKING_FLAG in result.flags
 
 
+def test_nan_clean_logits_are_misclassified(mlp) -> None:
+    model, x, y = mlp
+
+    class NanOnZeros(nn.Module):  # NaN logits for every sample of class 0, honest otherwise
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            out = model(t)
+            return torch.where((out.argmax(1) == 0)[:, None], torch.nan, out)
+
+    honest = robustness(model, (x, y), ThreatModel(eps=0.1), "fgsm", progress=False,
+                        sanity=False)
+    nan = robustness(NanOnZeros(), (x, y), ThreatModel(eps=0.1), "fgsm", progress=False,
+                     sanity=False)
+    zeros = int((model(x).argmax(1) == 0).sum())
+    assert zeros > 0 and nan.clean_accuracy < honest.clean_accuracy
+    assert any(f"non-finite (NaN or infinite) logits for {zeros} clean" in n for n in nan.notes)
+
+
 @pytest.mark.parametrize(
     ("how", "attacks", "message"),
     [("no_grad", "pgd", "does not let gradients reach its input"),

@@ -144,7 +144,12 @@ def robustness(
     if judged is not model:
         logits = _clean_logits(judged, x, batch_size)
     points = _points(threat, eps)
-    clean_pred = logits.argmax(1)
+    clean_finite = torch.isfinite(logits).all(1)
+    # argmax of a NaN row is class 0: a sample the model gives non-finite logits is misclassified
+    clean_pred = torch.where(clean_finite, logits.argmax(1), torch.full_like(y, -1))
+    if not bool(clean_finite.all()):
+        notes.append(f"the model returned non-finite (NaN or infinite) logits for "
+                     f"{int((~clean_finite).sum())} clean samples; each counts as misclassified")
     runs = run_curve(
         judged, x, y, clean_pred, factories, threat, points,
         num_classes=num_classes, batch_size=batch_size, examples_at=threat.eps,
