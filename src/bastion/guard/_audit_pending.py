@@ -128,8 +128,9 @@ class PendingFile:
             os.fdatasync(self.fd)
 
     def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:  # a regular file takes it all at once unless the disk fills up
+        written = os.write(self.fd, data)  # a regular file takes it all at once...
+        view = memoryview(data)[written:]
+        while view:  # ...unless the disk fills up
             written = os.write(self.fd, view)
             view = view[written:]
 

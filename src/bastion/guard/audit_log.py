@@ -208,6 +208,9 @@ def _answered_template() -> str:
 _ANSWERED = _answered_template()
 _ANSWERED_SLOTS = tuple(n for n, _ in _KEYS_SORTED
                         if n not in ("outcome", "reason", "schema_version"))
+# the order AuditLog.append_answered fills them in
+assert _ANSWERED_SLOTS == ("api_key", "checks", "input_digest", "monitors", "prediction",
+                           "request_id", "time", "validation"), _ANSWERED_SLOTS
 
 
 class AuditLog:
@@ -312,17 +315,16 @@ class AuditLog:
             InputValidationError: the request id is already in the log (nothing is written).
         """
         time = _now()
-        values = {
-            "api_key": canonical_text(api_key),
-            "checks": "null" if checks is None else checks.text,
-            "input_digest": canonical_text(digest_input(inputs)),
-            "monitors": "null" if monitors is None else monitors.text,
-            "prediction": prediction.text,
-            "request_id": canonical_text(request_id),
-            "time": canonical_text(time),
-            "validation": "null" if validation is None else validation.text,
-        }
-        text = _ANSWERED % tuple(values[name] for name in _ANSWERED_SLOTS)
+        text = _ANSWERED % (  # the slots in key order (checked below the template)
+            canonical_text(api_key),
+            "null" if checks is None else checks.text,
+            f'"{digest_input(inputs)}"',  # hex digits: nothing to escape
+            "null" if monitors is None else monitors.text,
+            prediction.text,
+            canonical_text(request_id),
+            f'"{time}"',  # ISO 8601 digits and separators: nothing to escape
+            "null" if validation is None else validation.text,
+        )
         self._backend.append(request_id, time, Outcome.ANSWERED.value, api_key, text,
                              fresh_id=fresh_id)
 
