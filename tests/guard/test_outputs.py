@@ -9,13 +9,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bastion.core.errors import ConfigurationError
-from bastion.guard import OutputChecker, OutputKind
+from bastion.guard import OutputChecker, OutputKind, OutputVerdict
 from bastion.guard import outputs as outputs_module
+from bastion.guard._output_rows import answer
 
 
 def _numpy_flags(logits: np.ndarray, min_conf: float, min_margin: float):
@@ -104,19 +105,56 @@ def test_small_batch_fast_path_agrees_with_the_tensor_path(
     for name in ("probabilities", "predictions", "confidence", "margin"):
         torch.testing.assert_close(getattr(fast, name), getattr(exact, name), rtol=0, atol=0,
                                    equal_nan=True, msg=name)
+    # the server's verdict: the same flags and answer, its probabilities within float32 rounding
+    verdict, expected = checker.verdict(x), OutputVerdict.of(exact)
+    assert (verdict.ok, verdict.problems, verdict.counts, verdict.flagged, verdict.predictions) \
+        == (expected.ok, expected.problems, expected.counts, expected.flagged, expected.predictions)
+    if expected.probabilities is not None:
+        assert verdict.probabilities is not None
+        got = np.array(verdict.probabilities, dtype=np.float64)
+        np.testing.assert_allclose(got, np.array(expected.probabilities), rtol=0, atol=3e-7)
+        assert np.array_equal(got, got.astype(np.float32), equal_nan=True)  # float32 values
+    assert json.loads(json.dumps(verdict.to_dict())) == verdict.to_dict()
+
+
+@settings(max_examples=200, deadline=None)
+@example(np.array([[0.0, 8e-32] + [0.0] * 8] * 7, dtype=np.float32))  # a tie in the softmax
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 10)), elements=_LOGIT)
+    | hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 4)),
+                 elements=st.sampled_from([1e308, -1e308, 0.0, 5.0])),
+)
+def test_answer_is_the_float64_softmax_and_its_first_argmax(logits: np.ndarray) -> None:
+    """What a server without output checks answers, by plain Python for small batches and by
+    torch otherwise: the float64 softmax (as float32 values) and the first maximal class; None
+    exactly when that softmax is not finite (a NaN or +inf logit; a -inf logit is probability
+    0, and finite logits whose sum overflows are answered too)."""
+    x = torch.from_numpy(logits)
+    got = answer(x)
+    exact = torch.softmax(x.double(), dim=1)
+    if not bool(torch.isfinite(exact).all()):
+        assert got is None
+        return
+    assert got is not None
+    probabilities, predictions = got
+    np.testing.assert_allclose(np.array(probabilities), exact.numpy(), rtol=0, atol=3e-7)
+    assert np.array_equal(np.array(probabilities, dtype=np.float64),
+                          np.array(probabilities, dtype=np.float32))  # float32 values
+    assert predictions == logits.argmax(axis=1).tolist()
+    assert all(type(p) is int for p in predictions)
 
 
 def test_small_batch_fast_path_answers_the_plain_case_and_defers_when_in_doubt() -> None:
     checker = OutputChecker(10)
     plain = torch.tensor([[8.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
-    assert checker._small(plain, OutputKind.LOGITS, 1, 10) is not None
+    assert checker._small(plain, 1, 10) is not None
     tie = torch.tensor([[3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     nan = plain.clone()
     nan[0, 4] = math.nan
     at_threshold = torch.tensor([[0.0, -math.log(2.0)] + [-100.0] * 8])  # margin 1/3, conf 2/3
     for doubtful, reason in ((tie, "tie"), (nan, "NaN"), (at_threshold, "margin at 1/3")):
         judge = OutputChecker(10, min_margin=1 / 3)
-        assert judge._small(doubtful, OutputKind.LOGITS, 1, 10) is None, reason
+        assert judge._small(doubtful, 1, 10) is None, reason
         assert judge.check(doubtful).num_samples == 1  # the tensor path still answers
 
 

@@ -47,6 +47,33 @@ def test_valid_input_passes_untouched() -> None:
     assert result.x is x and result.actions == () and not result.rejected
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    array=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.just(3)), elements=st.one_of(
+        st.floats(-1.25, 1.25, width=32), st.sampled_from([math.nan, math.inf, -math.inf]))),
+    policy=st.sampled_from(["reject", "repair", "substitute"]),
+    stats=st.booleans(),
+)
+def test_passes_only_what_guard_hands_back_untouched(
+    array: np.ndarray, policy: str, stats: bool
+) -> None:
+    """``passes`` (the server's shortcut) is True only when ``guard`` would return the batch
+    itself with a clean report and no action, under every policy; and it is not a path that
+    always defers: plain batches pass."""
+    schema = SCHEMA
+    if stats:
+        schema = TensorSchema(shape=("batch", 3), min=-1.0, max=1.0, stats=FeatureStats(
+            mean=torch.zeros(3), std=torch.full((3,), 0.5), z_limit=1.5))
+    guard = InputGuard(schema, policy=policy, default=torch.zeros(3))
+    x = torch.from_numpy(array)
+    if guard.passes(x):
+        assert schema.validate(x).ok  # the exact checks (guard itself takes the shortcut)
+        result = guard.guard(x, raise_on_reject=False)
+        assert result.x is x and result.report.ok and not result.actions and not result.rejected
+    plain = torch.tensor([[0.1, -0.2, 0.3]])
+    assert guard.passes(plain) and guard.guard(plain).x is plain
+
+
 def test_reject_raises_with_every_violation() -> None:
     with pytest.raises(InputValidationError, match="rejected") as info:
         InputGuard(SCHEMA).guard(_bad_batch())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -276,10 +277,13 @@ def test_fast_valid_path_hands_a_z_score_at_the_limit_to_the_exact_check() -> No
     stats = FeatureStats(mean=torch.zeros(4), std=torch.ones(4), z_limit=1.0)
     schema = TensorSchema(shape=("batch", 4), stats=stats)
     at_limit = torch.ones(1, 4)  # rms z-score exactly 1.0: valid (the rule is "> limit")
+    fast = _checks.fast_validator(schema)
+    assert fast is not None
     assert not _checks.certainly_valid(schema, at_limit)  # too close to decide fast...
+    assert not fast(at_limit) and not fast(at_limit * (1 - 1e-6))  # (within the margin)
     assert schema.validate(at_limit).ok  # ...the exact check decides
     assert not schema.validate(at_limit * 1.001).ok
-    assert _checks.certainly_valid(schema, at_limit * 0.5)
+    assert _checks.certainly_valid(schema, at_limit * 0.5) and fast(at_limit * 0.5)
 
 
 _ODD = st.sampled_from([0.0, 0.5, 1.0, 1.0001, -1e-6, 3e38, -3e38, math.nan, math.inf, -math.inf])
@@ -295,19 +299,22 @@ _ODD = st.sampled_from([0.0, 0.5, 1.0, 1.0001, -1e-6, 3e38, -3e38, math.nan, mat
     z_limit=st.floats(0.5, 4.0),
     odd=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5), _ODD), max_size=3),
     transposed=st.booleans(),
+    finite=st.booleans(),
 )
 def test_fast_valid_path_is_never_wrong(
     seed: int, rows: int, dtype: torch.dtype, bounds: bool, with_stats: bool, z_limit: float,
-    odd: list[tuple[int, int, float]], transposed: bool,
+    odd: list[tuple[int, int, float]], transposed: bool, finite: bool,
 ) -> None:
-    """The fast path may only say "valid" when every rule holds, whatever the dtype, layout or
-    values (NaN, infinities, values that overflow the z-score, non-contiguous views)."""
+    """The fast paths (the general one and the server's float32 one) may only say "valid" when
+    every rule holds, whatever the dtype, layout or values (NaN, infinities, values that
+    overflow the z-score, non-contiguous views), with or without the finiteness rule."""
     from bastion.guard import _checks
 
     gen = torch.Generator().manual_seed(seed)
     ref = torch.rand(64, 6, generator=gen, dtype=torch.float64).to(dtype)
     schema = TensorSchema.infer(ref, bounds=(0.0, 1.0) if bounds else None,
                                 z_limit=z_limit if with_stats else None)
+    schema = dataclasses.replace(schema, dtype=(dtype, torch.float32), finite=finite)
     batch = torch.rand(rows, 6, generator=gen, dtype=torch.float64).to(dtype)
     for i, j, value in odd:
         batch[i % rows, j] = value
@@ -315,6 +322,10 @@ def test_fast_valid_path_is_never_wrong(
         batch = batch.t().contiguous().t()
     slow = _slow_report(schema, batch)
     if _checks.certainly_valid(schema, batch):
+        assert slow.ok, slow  # type: ignore[attr-defined]
+    fast = _checks.fast_validator(schema)
+    assert fast is not None  # float32 is allowed (as the only dtype or the first)
+    if fast(batch):
         assert slow.ok, slow  # type: ignore[attr-defined]
     assert schema.validate(batch).to_dict() == slow.to_dict()  # type: ignore[attr-defined]
 
@@ -343,6 +354,55 @@ def test_fast_valid_path_accepts_a_plainly_valid_batch() -> None:
                 warnings.simplefilter("error")
                 assert _checks.certainly_valid(schema, needs_grad) is expected, (name, dtype)
             assert schema.validate(batch).ok is expected
+
+
+def test_server_fast_validator_accepts_plain_float32_batches_and_nothing_unusual() -> None:
+    """The request path's validator answers True for a plainly valid float32 batch (one sample
+    or several, images too) and False for everything it is not built to judge or that breaks a
+    rule: the exact checks then decide. Extreme values raise no numpy warning."""
+    from bastion.guard import _checks
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.rand(200, 1, 4, 4, generator=gen) * 0.5 + 0.25
+    schema = TensorSchema.infer(ref, bounds=(0.0, 1.0), z_limit=3.0)
+    fast = _checks.fast_validator(schema)
+    assert fast is not None
+    one, three = ref[:1].clone(), ref[3:6].clone()
+    assert fast(one) and fast(three) and fast(ref[:3].transpose(2, 3))  # views too
+    assert schema.validate(one).ok and schema.validate(three).ok
+    unusual = {
+        "NaN": one.clone().index_put_((torch.tensor([0]),) * 4, torch.tensor(math.nan)),
+        "inf": one.clone().index_put_((torch.tensor([0]),) * 4, torch.tensor(math.inf)),
+        "above max": one + 0.8,
+        "below min": one - 0.8,
+        "z-score": torch.where(one > 0.5, 1.0, 0.0),
+        "float64": one.double(),
+        "needs grad": one.clone().requires_grad_(True),
+        "wrong sample shape": one.reshape(1, 1, 2, 8),
+        "empty": one[:0],
+        "too many values": torch.full((_checks._FAST_VALUES // 16 + 1, 1, 4, 4), 0.5),
+        "not a tensor": one.numpy(),
+        "huge": torch.full((1, 1, 4, 4), 3e38),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, batch in unusual.items():
+            assert not fast(batch), name
+    # a validator is only built where float32 batches of fixed samples can be judged
+    assert _checks.fast_validator(TensorSchema(shape=("batch", 4), dtype=torch.float64)) is None
+    assert _checks.fast_validator(TensorSchema(shape=("batch", "width"))) is None
+    fixed = _checks.fast_validator(TensorSchema(shape=(2, 3), min=0.0, max=1.0))
+    assert fixed is not None and fixed(torch.zeros(2, 3)) and not fixed(torch.zeros(3, 3))
+    free = TensorSchema(shape=("batch", 3), finite=False)  # no value rule at all
+    unbounded = _checks.fast_validator(free)
+    anything = torch.tensor([[math.inf, -math.inf, math.nan]])
+    assert unbounded is not None and unbounded(anything) and free.validate(anything).ok
+    ranged = _checks.fast_validator(dataclasses.replace(free, max=1.0))
+    assert ranged is not None and not ranged(anything)  # NaN and inf: the exact checks decide
+    finite = _checks.fast_validator(dataclasses.replace(free, finite=True))  # no range either
+    for value in (math.inf, -math.inf, math.nan):
+        assert finite is not None and not finite(torch.tensor([[0.0, value, 1e30]])), value
+    assert finite is not None and finite(torch.tensor([[-3e38, 3e38, 0.0]]))
 
 
 @pytest.mark.parametrize("bad", [0, -1, "x", True, 2.5])

@@ -33,7 +33,7 @@ from bastion.guard.monitors import (
     MonitorSuite,
     PSIDrift,
 )
-from bastion.guard.outputs import OutputChecker, OutputKind, OutputReport
+from bastion.guard.outputs import OutputChecker, OutputKind, OutputReport, OutputVerdict
 from bastion.guard.policy import (
     Action,
     ActionKind,
@@ -90,6 +90,7 @@ __all__ = [
     "OutputChecker",
     "OutputKind",
     "OutputReport",
+    "OutputVerdict",
     "PSIDrift",
     "PrometheusSink",
     "Rule",

@@ -34,18 +34,16 @@ from bastion.core.enums import parse_enum
 from bastion.core.errors import ConfigurationError
 from bastion.core.results import Result, to_jsonable
 from bastion.guard._convert import numpy_tensor
+from bastion.guard._output_rows import SMALL, OutputVerdict, RowJudgement, judge_rows
 
-__all__ = ["FLAGS", "OutputChecker", "OutputKind", "OutputReport"]
+__all__ = ["FLAGS", "OutputChecker", "OutputKind", "OutputReport", "OutputVerdict"]
 
 FLAGS = ("non_finite", "out_of_range", "off_simplex", "low_confidence", "low_margin")
 """The per-sample flags of an :class:`OutputReport`, in the order of its ``counts``."""
 _FLAGS = FLAGS
 
-_SMALL = 64
-"""Outputs with at most this many values are checked in plain Python first (see ``_small``)."""
-_DOUBT = 1e-5
-"""How close to a threshold (or a tie for top-1) the fast path may come before it defers to the
-tensor path: far above the float32-vs-float64 softmax difference (about 1e-7)."""
+_SMALL = SMALL
+"""Outputs with at most this many values are checked in plain Python first (see ``_judge``)."""
 
 
 class OutputKind(str, enum.Enum):
@@ -208,7 +206,47 @@ class OutputChecker:
             >>> OutputChecker(expect="probabilities").check(probs).off_simplex.tolist()
             [False, True]
         """
-        expect = OutputKind.parse(self.expect)
+        prepared = self._prepare(outputs)
+        if isinstance(prepared, OutputReport):
+            return prepared
+        out, batch, classes = prepared
+        if out.numel() <= _SMALL and self.expect is OutputKind.LOGITS:
+            fast = self._small(out, batch, classes)
+            if fast is not None:
+                return fast
+        return self._tensor_check(out, batch, classes)
+
+    __call__ = check
+
+    def verdict(self, outputs: Tensor | np.ndarray) -> OutputVerdict:
+        """What a service needs of :meth:`check`, in plain Python values: whether the batch
+        may be answered, the flag counts and flagged samples, and the answer (probabilities
+        and top-1 class per sample). Never raises for any tensor or numeric array.
+
+        Small batches of logits (the common request of a server) are judged in plain Python,
+        without building the per-sample tensors of a report; the flags are always
+        :meth:`check`'s.
+
+        Example:
+            >>> v = OutputChecker(3).verdict(torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 0.9]]))
+            >>> v.ok, v.predictions, v.flagged
+            (True, [0, 0], {'low_confidence': [1], 'low_margin': [1]})
+        """
+        prepared = self._prepare(outputs)
+        if not isinstance(prepared, OutputReport):
+            out, batch, classes = prepared
+            if out.numel() <= _SMALL and self.expect is OutputKind.LOGITS:
+                judged = self._judge(out)
+                if judged is not None:
+                    return OutputVerdict.of_rows(judged)
+            prepared = self._tensor_check(out, batch, classes)
+        return OutputVerdict.of(prepared)
+
+    def _prepare(self, outputs: object) -> OutputReport | tuple[Tensor, int, int]:
+        """The outputs as a float32/64 ``(B, C)`` tensor with B and C, or the report of a
+        batch-level problem."""
+        expect = self.expect
+        assert isinstance(expect, OutputKind)  # (parsed when constructed)
         out: object = outputs
         if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "iuf":
             out = numpy_tensor(outputs)  # (a big-endian array: a native copy, same values)
@@ -231,12 +269,15 @@ class OutputChecker:
             out = out.detach()
         if out.dtype not in (torch.float32, torch.float64):
             out = out.float()
-        if out.numel() <= _SMALL and expect is OutputKind.LOGITS:
-            fast = self._small(out, expect, batch, classes)
-            if fast is not None:
-                return fast
+        return out, batch, classes
+
+    def _tensor_check(self, out: Tensor, batch: int, classes: int) -> OutputReport:
+        """The exact checks, in tensor ops (any batch, any row)."""
+        expect = self.expect
+        assert isinstance(expect, OutputKind)
         # Few ops on the common path (every row finite): at batch size 1 each torch op costs
         # more than its arithmetic, and this runs on every request of a server.
+
         all_finite = bool(torch.isfinite(out).all())
         none = torch.zeros(batch, dtype=torch.bool, device=out.device)  # read-only, shared
         non_finite = none if all_finite else ~torch.isfinite(out).all(1)
@@ -275,48 +316,31 @@ class OutputChecker:
             probabilities=probs, predictions=predictions, confidence=confidence, margin=margin,
         )
 
-    __call__ = check
+    def _judge(self, out: Tensor) -> RowJudgement | None:
+        """The rows judged in plain Python (see :func:`~bastion.guard._output_rows.judge_rows`);
+        None when in doubt."""
+        low, high = self.range if self.range is not None else (-math.inf, math.inf)
+        return judge_rows(out.tolist(), low=low, high=high,
+                          min_confidence=self.min_confidence, min_margin=self.min_margin)
 
-    def _small(
-        self, out: Tensor, expect: OutputKind, batch: int, classes: int
-    ) -> OutputReport | None:
-        """The report of a small batch of finite logits, judged in plain Python; None when in
-        doubt, and the tensor path (the exact one) decides.
+    def _small(self, out: Tensor, batch: int, classes: int) -> OutputReport | None:
+        """The report of a small batch of finite logits, its flags judged in plain Python; None
+        when in doubt, and the tensor path (the exact one) decides.
 
         At batch 1 each torch op costs 5-10 µs of dispatch whatever its size, and the tensor
-        path takes a dozen; here one ``tolist`` and a softmax in float64 decide every flag.
-        The verdict must be the tensor path's, so this gives up (returns None) on anything but
-        the plain case: a non-finite value, a value within ``_DOUBT`` of the range, a top-1 tie
-        within ``_DOUBT``, or a confidence or margin within ``_DOUBT`` of its threshold. The
+        path takes a dozen; here one ``tolist`` and a softmax in float64 decide every flag. The
         returned tensors are the tensor path's: softmax and top-2 in float32.
         """
-        rows = out.tolist()
-        low, high = self.range if self.range is not None else (-math.inf, math.inf)
-        low_confidence: list[bool] = []
-        low_margin: list[bool] = []
-        isfinite = math.isfinite
-        for row in rows:
-            if not all(map(isfinite, row)):  # (max and min would skip a NaN, not every time)
-                return None  # NaN or inf: the tensor path masks such rows
-            top = max(row)
-            if self.range is not None and any(
-                    v - low < _DOUBT or high - v < _DOUBT for v in row):
-                return None
-            exps = [math.exp(v - top) for v in row]
-            total = math.fsum(exps)
-            ranked = sorted(exps, reverse=True)
-            top_p, margin = ranked[0] / total, (ranked[0] - ranked[1]) / total
-            if (margin < _DOUBT or abs(top_p - self.min_confidence) < _DOUBT
-                    or abs(margin - self.min_margin) < _DOUBT):
-                return None
-            low_confidence.append(top_p < self.min_confidence)
-            low_margin.append(margin < self.min_margin)
+        judged = self._judge(out)
+        if judged is None:
+            return None
+        low_confidence, low_margin = judged.low_confidence, judged.low_margin
         probs = torch.softmax(out, dim=1)
         top2 = probs.topk(2, dim=1)
         confidence, second = top2.values.unbind(1)
         none = torch.zeros(batch, dtype=torch.bool, device=out.device)
         report = OutputReport(
-            expect=expect, num_samples=batch, num_classes=classes, problems=(),
+            expect=OutputKind.LOGITS, num_samples=batch, num_classes=classes, problems=(),
             non_finite=none, out_of_range=none, off_simplex=none,
             low_confidence=torch.tensor(low_confidence) if any(low_confidence) else none,
             low_margin=torch.tensor(low_margin) if any(low_margin) else none,

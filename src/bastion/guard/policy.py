@@ -31,6 +31,7 @@ import dataclasses
 import enum
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -177,6 +178,8 @@ class InputGuard:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
     fill: float | None = None
     max_violations: int = DEFAULT_MAX_VIOLATIONS
+    _fast: Callable[[object], bool] | None = dataclasses.field(
+        init=False, repr=False, compare=False, default=None)  # see passes()
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, TensorSchema):
@@ -198,6 +201,21 @@ class InputGuard:
                 problems = "; ".join(v.message for v in report.violations[:3])
                 raise ConfigurationError(f"the default sample breaks the schema: {problems}")
             object.__setattr__(self, "default", default)
+        object.__setattr__(self, "_fast", _checks.fast_validator(self.schema))
+
+    def passes(self, x: object) -> bool:
+        """True when :meth:`guard` would hand ``x`` back unchanged, with no violation and no
+        action: decided in a few operations for a server's common case (a valid float32 batch
+        on the CPU). False only means that :meth:`guard` must decide.
+
+        Example:
+            >>> from bastion.guard.schema import TensorSchema
+            >>> guard = InputGuard(TensorSchema(shape=("batch", 2), min=0.0, max=1.0))
+            >>> guard.passes(torch.tensor([[0.5, 1.0]])), guard.passes(torch.tensor([[0.5, 2.0]]))
+            (True, False)
+        """
+        fast = self._fast
+        return fast is not None and fast(x)
 
     def guard(self, x: object, *, raise_on_reject: bool = True) -> GuardResult:
         """Validate ``x`` and apply the policy.
@@ -215,6 +233,10 @@ class InputGuard:
                 policy cannot fix), with every listed violation in ``violations``; always when
                 ``x`` cannot be converted to a tensor.
         """
+        if self.passes(x):
+            assert isinstance(x, Tensor)
+            report = _checks.valid_report(self.schema, x)
+            return GuardResult(x=x, report=report, actions=(), rejected=False)
         try:
             tensor = as_tensor(x, self.schema)
         except InputValidationError as error:

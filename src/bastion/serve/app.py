@@ -233,7 +233,7 @@ def create_app(
         text = object_text([
             ("checks", checks_text(checks)),
             ("predictions", inference.prediction_text.text),
-            ("probabilities", json.dumps(inference.probabilities.tolist(), allow_nan=False)),
+            ("probabilities", json.dumps(inference.probabilities, allow_nan=False)),
             ("request_id", json.dumps(rid)),
         ])
         return Response(text.encode(), media_type=_JSON)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from bastion.core.results import to_jsonable
 from bastion.guard._json_text import JsonText
+from bastion.guard._output_rows import answer
 from bastion.guard.alerts import AlertManager
 from bastion.guard.audit_log import AuditLog, AuditRecord, Outcome
 from bastion.guard.outputs import OutputChecker
@@ -49,8 +50,8 @@ class Inference:
 
     inputs: Tensor
     logits: Tensor
-    probabilities: Tensor
-    predictions: Tensor
+    probabilities: list[list[float]]  # per sample, float32 values
+    predictions: list[int]
     checks: dict[str, JsonText]
     prediction_text: JsonText  # the predictions as a JSON list, for the answer and the audit row
 
@@ -133,7 +134,9 @@ class Pipeline:
                 when the model's outputs fail the output checks.
         """
         checks: dict[str, JsonText] = {}
-        if self.guard is not None:
+        if self.guard is not None and self.guard.passes(batch):  # the common case
+            checks["input"] = self._valid_input
+        elif self.guard is not None:
             result = self.guard.guard(batch, raise_on_reject=False)
             report = result.report
             if result.rejected:
@@ -158,21 +161,12 @@ class Pipeline:
         with torch.no_grad():
             logits = self.model(batch)
         if self.output_checker is not None:
-            out = self.output_checker.check(logits)
+            out = self.output_checker.verdict(logits)
             counts = out.counts
-            if out.ok and not any(counts.values()):  # nothing flagged: the same every time
+            if out.ok and not out.flagged:  # nothing flagged: the same every time
                 checks["output"] = self._clean_output(counts)
             else:
-                checks["output"] = JsonText.of({
-                    "ok": out.ok,
-                    "problems": list(out.problems),
-                    "counts": counts,
-                    "flagged": {  # only the flags raised (the whole report is per request)
-                        flag: getattr(out, flag).nonzero()[:, 0].tolist()
-                        for flag, n in counts.items()
-                        if n
-                    },
-                })
+                checks["output"] = JsonText.of(out.to_dict())  # flagged samples by index
             if not out.ok:  # never send NaN or a malformed answer on; a model fault: 500
                 raise Refusal(
                     500,
@@ -184,19 +178,22 @@ class Pipeline:
             assert out.probabilities is not None and out.predictions is not None
             probabilities, predictions = out.probabilities, out.predictions
         else:
-            probabilities = torch.softmax(logits.double(), dim=-1)
-            if not bool(torch.isfinite(probabilities).all()):
+            if not (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] >= 1
+                    and logits.layout is torch.strided and not logits.is_complex()
+                    and logits.dtype != torch.bool):
+                raise Refusal(500, "output_check_failed",
+                              "the model's outputs are not a (B, C) tensor of logits")
+            answered = answer(logits)
+            if answered is None:
                 raise Refusal(500, "output_check_failed", "the model produced non-finite outputs")
-            predictions = probabilities.argmax(dim=-1)
-        if probabilities.dtype != torch.float32:
-            probabilities = probabilities.float()
+            probabilities, predictions = answered
         return Inference(
             inputs=batch,
             logits=logits,
             probabilities=probabilities,
             predictions=predictions,
             checks=checks,
-            prediction_text=JsonText.of_ints(predictions.tolist()),
+            prediction_text=JsonText.of_ints(predictions),
         )
 
     def commit(
