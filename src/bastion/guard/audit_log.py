@@ -206,6 +206,7 @@ def _answered_template() -> str:
 
 
 _ANSWERED = _answered_template()
+_ANSWERED_OUTCOME = Outcome.ANSWERED.value
 _ANSWERED_SLOTS = tuple(n for n, _ in _KEYS_SORTED
                         if n not in ("outcome", "reason", "schema_version"))
 # the order AuditLog.append_answered fills them in
@@ -325,7 +326,7 @@ class AuditLog:
             f'"{time}"',  # ISO 8601 digits and separators: nothing to escape
             "null" if validation is None else validation.text,
         )
-        self._backend.append(request_id, time, Outcome.ANSWERED.value, api_key, text,
+        self._backend.append(request_id, time, _ANSWERED_OUTCOME, api_key, text,
                              fresh_id=fresh_id)
 
     def rows(

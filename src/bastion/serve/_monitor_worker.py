@@ -102,8 +102,9 @@ class MonitorWorker:
                     )
                     self._thread.start()
         self._queue.put((inputs, outputs))
-        # enough for an update (with the first one, which the worker holds while it waits)
-        if self._queue.qsize() + 1 >= self.gather:
+        # enough for an update (with the first one, which the worker holds while it waits);
+        # the length without the queue's lock: a hint, read on every request
+        if len(self._queue.queue) + 1 >= self.gather:
             self._gathered.set()
 
     def snapshot(self) -> tuple[JsonText, JsonText]:
