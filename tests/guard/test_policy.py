@@ -74,6 +74,26 @@ def test_passes_only_what_guard_hands_back_untouched(
     assert guard.passes(plain) and guard.guard(plain).x is plain
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 3), max_size=3).map(tuple),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.int32, torch.bool]),
+    schema_shape=st.sampled_from([("batch",), ("batch", 3), (2, 3), ("batch", 1, 3), (None, 3)]),
+    grad=st.booleans(),
+)
+def test_passes_never_raises_on_any_tensor(
+    shape: tuple[int, ...], dtype: torch.dtype, schema_shape: tuple[object, ...], grad: bool
+) -> None:
+    """Any tensor, of any rank (0-d too), dtype or size, against schemas of several ranks:
+    ``passes`` answers, and True only for a batch the exact checks accept."""
+    schema = TensorSchema(shape=schema_shape, min=0.0, max=1.0)  # type: ignore[arg-type]
+    x = torch.full(shape, 0.5).to(dtype) if dtype != torch.bool else torch.zeros(shape) > 0
+    if grad and x.is_floating_point():
+        x.requires_grad_(True)
+    if InputGuard(schema).passes(x):
+        assert schema.validate(x).ok
+
+
 def test_reject_raises_with_every_violation() -> None:
     with pytest.raises(InputValidationError, match="rejected") as info:
         InputGuard(SCHEMA).guard(_bad_batch())

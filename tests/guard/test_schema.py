@@ -388,6 +388,11 @@ def test_server_fast_validator_accepts_plain_float32_batches_and_nothing_unusual
         warnings.simplefilter("error")
         for name, batch in unusual.items():
             assert not fast(batch), name
+    # a 0-d tensor against a schema of samples of shape (): not a batch (no crash either)
+    scalars = TensorSchema(shape=("batch",), min=0.0, max=1.0)
+    one_dim = _checks.fast_validator(scalars)
+    assert one_dim is not None and one_dim(torch.tensor([0.5, 0.2]))
+    assert not one_dim(torch.tensor(0.5)) and not scalars.validate(torch.tensor(0.5)).ok
     # a validator is only built where float32 batches of fixed samples can be judged
     assert _checks.fast_validator(TensorSchema(shape=("batch", 4), dtype=torch.float64)) is None
     assert _checks.fast_validator(TensorSchema(shape=("batch", "width"))) is None

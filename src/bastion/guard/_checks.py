@@ -297,18 +297,23 @@ def fast_validator(schema: TensorSchema) -> Callable[[object], bool] | None:
         inv_std = (1.0 / stats.std.double()).numpy().reshape(sample)
         limit = stats.z_limit * (1.0 - _MARGIN)
     want_shape = torch.Size(d for d in sample if isinstance(d, int))
+    rank = len(schema.shape)
     float32, strided, sqrt = torch.float32, torch.strided, math.sqrt
     vdot, einsum = np.vdot, np.einsum
     smallest, largest = np.minimum.reduce, np.maximum.reduce  # (ndarray.min: a Python wrapper)
 
     def valid(x: object) -> bool:
-        if (type(x) is not Tensor or x.dtype is not float32 or x.shape[1:] != want_shape
-                or not x.is_cpu or x.requires_grad or x.layout is not strided or x.is_neg()):
+        if (type(x) is not Tensor or x.dtype is not float32 or x.dim() != rank
+                or x.shape[1:] != want_shape or not x.is_cpu or x.requires_grad
+                or x.layout is not strided or x.is_neg()):
             return False
         n = x.shape[0]
         if n == 0 or n * size > _FAST_VALUES or (fixed_batch is not None and n != fixed_batch):
             return False
-        values = x.numpy()
+        try:
+            values = x.numpy()
+        except (RuntimeError, TypeError):  # a wrapped tensor numpy cannot see: the exact path
+            return False
         if judge_range and not (float(smallest(values, None)) >= low
                                 and float(largest(values, None)) <= high):
             return False
