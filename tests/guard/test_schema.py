@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.guard import FeatureStats, TensorSchema, as_tensor
+from bastion.guard._fast_validator import FAST_VALUES, fast_validator
 
 
 def _rules(report) -> list[tuple[str, int | None]]:
@@ -277,7 +278,7 @@ def test_fast_valid_path_hands_a_z_score_at_the_limit_to_the_exact_check() -> No
     stats = FeatureStats(mean=torch.zeros(4), std=torch.ones(4), z_limit=1.0)
     schema = TensorSchema(shape=("batch", 4), stats=stats)
     at_limit = torch.ones(1, 4)  # rms z-score exactly 1.0: valid (the rule is "> limit")
-    fast = _checks.fast_validator(schema)
+    fast = fast_validator(schema)
     assert fast is not None
     assert not _checks.certainly_valid(schema, at_limit)  # too close to decide fast...
     assert not fast(at_limit) and not fast(at_limit * (1 - 1e-6))  # (within the margin)
@@ -323,7 +324,7 @@ def test_fast_valid_path_is_never_wrong(
     slow = _slow_report(schema, batch)
     if _checks.certainly_valid(schema, batch):
         assert slow.ok, slow  # type: ignore[attr-defined]
-    fast = _checks.fast_validator(schema)
+    fast = fast_validator(schema)
     assert fast is not None  # float32 is allowed (as the only dtype or the first)
     if fast(batch):
         assert slow.ok, slow  # type: ignore[attr-defined]
@@ -360,12 +361,11 @@ def test_server_fast_validator_accepts_plain_float32_batches_and_nothing_unusual
     """The request path's validator answers True for a plainly valid float32 batch (one sample
     or several, images too) and False for everything it is not built to judge or that breaks a
     rule: the exact checks then decide. Extreme values raise no numpy warning."""
-    from bastion.guard import _checks
 
     gen = torch.Generator().manual_seed(0)
     ref = torch.rand(200, 1, 4, 4, generator=gen) * 0.5 + 0.25
     schema = TensorSchema.infer(ref, bounds=(0.0, 1.0), z_limit=3.0)
-    fast = _checks.fast_validator(schema)
+    fast = fast_validator(schema)
     assert fast is not None
     one, three = ref[:1].clone(), ref[3:6].clone()
     assert fast(one) and fast(three) and fast(ref[:3].transpose(2, 3))  # views too
@@ -380,7 +380,7 @@ def test_server_fast_validator_accepts_plain_float32_batches_and_nothing_unusual
         "needs grad": one.clone().requires_grad_(True),
         "wrong sample shape": one.reshape(1, 1, 2, 8),
         "empty": one[:0],
-        "too many values": torch.full((_checks._FAST_VALUES // 16 + 1, 1, 4, 4), 0.5),
+        "too many values": torch.full((FAST_VALUES // 16 + 1, 1, 4, 4), 0.5),
         "not a tensor": one.numpy(),
         "huge": torch.full((1, 1, 4, 4), 3e38),
     }
@@ -390,21 +390,21 @@ def test_server_fast_validator_accepts_plain_float32_batches_and_nothing_unusual
             assert not fast(batch), name
     # a 0-d tensor against a schema of samples of shape (): not a batch (no crash either)
     scalars = TensorSchema(shape=("batch",), min=0.0, max=1.0)
-    one_dim = _checks.fast_validator(scalars)
+    one_dim = fast_validator(scalars)
     assert one_dim is not None and one_dim(torch.tensor([0.5, 0.2]))
     assert not one_dim(torch.tensor(0.5)) and not scalars.validate(torch.tensor(0.5)).ok
     # a validator is only built where float32 batches of fixed samples can be judged
-    assert _checks.fast_validator(TensorSchema(shape=("batch", 4), dtype=torch.float64)) is None
-    assert _checks.fast_validator(TensorSchema(shape=("batch", "width"))) is None
-    fixed = _checks.fast_validator(TensorSchema(shape=(2, 3), min=0.0, max=1.0))
+    assert fast_validator(TensorSchema(shape=("batch", 4), dtype=torch.float64)) is None
+    assert fast_validator(TensorSchema(shape=("batch", "width"))) is None
+    fixed = fast_validator(TensorSchema(shape=(2, 3), min=0.0, max=1.0))
     assert fixed is not None and fixed(torch.zeros(2, 3)) and not fixed(torch.zeros(3, 3))
     free = TensorSchema(shape=("batch", 3), finite=False)  # no value rule at all
-    unbounded = _checks.fast_validator(free)
+    unbounded = fast_validator(free)
     anything = torch.tensor([[math.inf, -math.inf, math.nan]])
     assert unbounded is not None and unbounded(anything) and free.validate(anything).ok
-    ranged = _checks.fast_validator(dataclasses.replace(free, max=1.0))
+    ranged = fast_validator(dataclasses.replace(free, max=1.0))
     assert ranged is not None and not ranged(anything)  # NaN and inf: the exact checks decide
-    finite = _checks.fast_validator(dataclasses.replace(free, finite=True))  # no range either
+    finite = fast_validator(dataclasses.replace(free, finite=True))  # no range either
     for value in (math.inf, -math.inf, math.nan):
         assert finite is not None and not finite(torch.tensor([[0.0, value, 1e30]])), value
     assert finite is not None and finite(torch.tensor([[-3e38, 3e38, 0.0]]))

@@ -8,6 +8,7 @@ append-only audit log (:class:`AuditLog`).
 """
 
 from bastion.guard._alert_config import AlertConfig, WebhookConfig
+from bastion.guard._dataset import guard_dataset
 from bastion.guard.alerts import (
     Alert,
     AlertManager,
@@ -40,7 +41,6 @@ from bastion.guard.policy import (
     GuardResult,
     InputGuard,
     InvalidDataPolicy,
-    guard_dataset,
 )
 from bastion.guard.schema import (
     FeatureStats,

@@ -1,4 +1,4 @@
-"""The columns of a training set for :func:`~bastion.guard.policy.guard_dataset`.
+"""Training data through the input guard (:func:`guard_dataset`), and its columns.
 
 A dataset arrives as a tensor, a tuple ``(x, y, ...)`` of tensors or a map-style dataset of
 samples. Each becomes a list of tensors with the samples first, all of one length, or an
@@ -9,13 +9,17 @@ kept a different number of samples would silently pair inputs with the wrong lab
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from bastion.core.errors import InputValidationError
+from bastion.core.errors import ConfigurationError, InputValidationError
 
-__all__ = ["collect_columns"]
+if TYPE_CHECKING:
+    from bastion.guard.policy import GuardResult, InputGuard
+
+__all__ = ["collect_columns", "guard_dataset"]
 
 
 def _refuse(message: str) -> InputValidationError:
@@ -64,3 +68,40 @@ def collect_columns(data: object) -> list[Tensor]:
         raise _refuse(f"every item must hold the same number of fields (at least 1), got "
                       f"{widths}")
     return _same_length([_stack(rows, k) for k in range(widths[0])])
+
+
+def guard_dataset(data: object, guard: InputGuard) -> tuple[tuple[Tensor, ...], GuardResult]:
+    """Guard training data: the inputs (the first tensor) go through ``guard``, the rest pass.
+
+    Args:
+        data: a tensor of inputs, a sequence ``(x, y, ...)`` of tensors with samples first (all
+            of the same length), or a map-style dataset whose items are tensors or tuples of
+            tensors/numbers of the same shapes (indexed 0 to ``len - 1``; not a mapping).
+        guard: the guard to apply; ``reject`` raises on the first invalid dataset.
+
+    Returns:
+        ``((x_clean, y, ...), result)``: the guarded inputs with the other tensors unchanged,
+        and the guard's result (report and actions, with dataset-wide sample indices).
+
+    Raises:
+        ConfigurationError: ``guard`` is not an :class:`InputGuard`.
+        InputValidationError: ``data`` is none of the above (its message says why), or the
+            guard rejects the inputs.
+
+    Example:
+        >>> import torch
+        >>> from bastion.guard.policy import InputGuard
+        >>> from bastion.guard.schema import TensorSchema
+        >>> guard = InputGuard(TensorSchema(shape=("n", 1), max=1.0), policy="repair")
+        >>> (x, y), result = guard_dataset((torch.tensor([[0.5], [3.0]]), torch.tensor([0, 1])),
+        ...                                guard)
+        >>> x.tolist(), y.tolist(), result.changed_samples
+        ([[0.5], [1.0]], [0, 1], (1,))
+    """
+    from bastion.guard.policy import InputGuard  # (the policy module imports this one)
+
+    if not isinstance(guard, InputGuard):
+        raise ConfigurationError(f"guard_dataset needs an InputGuard, got {guard!r:.80}")
+    tensors = collect_columns(data)
+    result = guard.guard(tensors[0])
+    return (result.x, *tensors[1:]), result

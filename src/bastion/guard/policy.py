@@ -42,7 +42,7 @@ from bastion.core.errors import ConfigurationError, InputValidationError
 from bastion.core.results import Result
 from bastion.guard import _checks
 from bastion.guard._convert import as_tensor
-from bastion.guard._dataset import collect_columns
+from bastion.guard._fast_validator import fast_validator
 from bastion.guard._guard_args import check_fill, check_logger, default_sample
 from bastion.guard._report import (
     DEFAULT_MAX_VIOLATIONS,
@@ -58,7 +58,6 @@ __all__ = [
     "GuardResult",
     "InputGuard",
     "InvalidDataPolicy",
-    "guard_dataset",
 ]
 
 LOGGER_NAME = "bastion.guard"
@@ -201,7 +200,7 @@ class InputGuard:
                 problems = "; ".join(v.message for v in report.violations[:3])
                 raise ConfigurationError(f"the default sample breaks the schema: {problems}")
             object.__setattr__(self, "default", default)
-        object.__setattr__(self, "_fast", _checks.fast_validator(self.schema))
+        object.__setattr__(self, "_fast", fast_validator(self.schema))
 
     def passes(self, x: object) -> bool:
         """True when :meth:`guard` would hand ``x`` back unchanged, with no violation and no
@@ -375,36 +374,3 @@ def _actions(hit: _checks.RuleHits, kind: ActionKind, template: str) -> list[Act
         Action(sample_index=index, rule=hit.rule, action=kind, detail=template.format(n=n))
         for index, n in zip(indices.tolist(), hit.count[indices].tolist(), strict=True)
     ]
-
-
-def guard_dataset(data: object, guard: InputGuard) -> tuple[tuple[Tensor, ...], GuardResult]:
-    """Guard training data: the inputs (the first tensor) go through ``guard``, the rest pass.
-
-    Args:
-        data: a tensor of inputs, a sequence ``(x, y, ...)`` of tensors with samples first (all
-            of the same length), or a map-style dataset whose items are tensors or tuples of
-            tensors/numbers of the same shapes (indexed 0 to ``len - 1``; not a mapping).
-        guard: the guard to apply; ``reject`` raises on the first invalid dataset.
-
-    Returns:
-        ``((x_clean, y, ...), result)``: the guarded inputs with the other tensors unchanged,
-        and the guard's result (report and actions, with dataset-wide sample indices).
-
-    Raises:
-        ConfigurationError: ``guard`` is not an :class:`InputGuard`.
-        InputValidationError: ``data`` is none of the above (its message says why), or the
-            guard rejects the inputs.
-
-    Example:
-        >>> from bastion.guard.schema import TensorSchema
-        >>> guard = InputGuard(TensorSchema(shape=("n", 1), max=1.0), policy="repair")
-        >>> (x, y), result = guard_dataset((torch.tensor([[0.5], [3.0]]), torch.tensor([0, 1])),
-        ...                                guard)
-        >>> x.tolist(), y.tolist(), result.changed_samples
-        ([[0.5], [1.0]], [0, 1], (1,))
-    """
-    if not isinstance(guard, InputGuard):
-        raise ConfigurationError(f"guard_dataset needs an InputGuard, got {guard!r:.80}")
-    tensors = collect_columns(data)
-    result = guard.guard(tensors[0])
-    return (result.x, *tensors[1:]), result
