@@ -74,6 +74,7 @@ def test_the_input_shortcut_records_what_the_guard_would(policy: str) -> None:
         (torch.zeros(1, 0), "not a \\(B, C\\) tensor"),
         (torch.zeros(1, 3, dtype=torch.complex64), "not a \\(B, C\\) tensor"),
         (torch.zeros(1, 3, dtype=torch.bool), "not a \\(B, C\\) tensor"),
+        (torch.empty(1, 3, device="meta"), "not a \\(B, C\\) tensor"),
         ((torch.zeros(1, 3),), "not a \\(B, C\\) tensor"),
         (torch.tensor([[0.0, math.nan, 1.0]]), "non-finite"),
         (torch.tensor([[0.0, math.inf, 1.0]]), "non-finite"),

@@ -179,8 +179,8 @@ class Pipeline:
             probabilities, predictions = out.probabilities, out.predictions
         else:
             if not (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] >= 1
-                    and logits.layout is torch.strided and not logits.is_complex()
-                    and logits.dtype != torch.bool):
+                    and logits.layout is torch.strided and not logits.is_meta
+                    and not logits.is_complex() and logits.dtype != torch.bool):
                 raise Refusal(500, "output_check_failed",
                               "the model's outputs are not a (B, C) tensor of logits")
             answered = answer(logits)
